@@ -1,0 +1,1 @@
+"""Consent Broker: consents, policy-checked disclosures and a verifiable log."""

@@ -1,0 +1,34 @@
+"""The policy engine: `decide(request, facts, policy, now) -> Decision`, pure (DESIGN.md invariant 5), and the
+policy it reads from `policies/rules/*.yaml`, tested by the decision tables in `policies/cases/*.yaml`."""
+
+from policies.engine import decide
+from policies.errors import PolicyError
+from policies.loader import Policy, Rule, load_policy
+from policies.model import (
+    Basis,
+    BasisKind,
+    ConsentFact,
+    Decision,
+    DecisionRequest,
+    Effect,
+    Facts,
+    Reason,
+    StatutoryException,
+)
+
+__all__ = [
+    "Basis",
+    "BasisKind",
+    "ConsentFact",
+    "Decision",
+    "DecisionRequest",
+    "Effect",
+    "Facts",
+    "Policy",
+    "PolicyError",
+    "Reason",
+    "Rule",
+    "StatutoryException",
+    "decide",
+    "load_policy",
+]

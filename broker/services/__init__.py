@@ -1,0 +1,34 @@
+"""Use cases. Each opens its own unit of work, commits it, and returns plain values."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from broker.adapters.database import Database
+from broker.adapters.keystore import KeyStore
+from broker.adapters.uow import UnitOfWork
+from broker.config import Settings
+from broker.domain.clock import Clock
+from policies import Policy
+
+
+@dataclass
+class Broker:
+    """What every use case needs: settings, database, keys, the loaded policy and the clock."""
+
+    settings: Settings
+    db: Database
+    keys: KeyStore
+    policy: Policy
+    clock: Clock
+    # Organisation id → type; types never change once registered (see persons.organisation_type).
+    org_types: dict[str, str] = field(default_factory=dict)
+
+    def uow(self, *, write: bool = True) -> UnitOfWork:
+        return UnitOfWork(self.db, write=write)
+
+
+def new_id(prefix: str) -> str:
+    """Opaque identifiers: a type prefix and 128 random bits (never derived from personal data)."""
+    return f"{prefix}_{secrets.token_hex(16)}"

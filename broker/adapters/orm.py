@@ -1,0 +1,300 @@
+"""Every table the broker keeps, in one file, so that everything stored about a person is visible in one place.
+
+SQLAlchemy 2.0 typed declarative mapping. Times are stored timezone-aware (PostgreSQL `timestamptz`); SQLite hands
+them back naive, so repositories pass them through `broker.domain.clock.utc`.
+
+What is never stored here: an identity code in the clear (only its keyed hash and its sealed form), record content
+in the clear (only AES-256-GCM ciphertext), an access token (only its SHA-256).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ID = String(40)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {
+        datetime: DateTime(timezone=True),
+        date: Date,
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+        bytes: LargeBinary,
+    }
+
+
+class OrganisationRow(Base):
+    __tablename__ = "organisations"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    org_type: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime]
+
+
+class PartnerRow(Base):
+    """A partner system: an OAuth client authenticating with `private_key_jwt` (RFC 7523)."""
+
+    __tablename__ = "partners"
+    client_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    jwks: Mapped[dict[str, Any]]  # public keys only
+    alg: Mapped[str] = mapped_column(String(16))  # pinned: one algorithm per partner
+    scopes: Mapped[list[str]]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+
+
+class PersonRow(Base):
+    __tablename__ = "persons"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    # Keyed hash (HMAC-SHA256) of the identity code: the look-up index (DESIGN.md invariant 6).
+    hetu_index: Mapped[str] = mapped_column(String(64), unique=True)
+    hetu_kek_id: Mapped[str] = mapped_column(String(64))
+    hetu_wrapped_key: Mapped[bytes]
+    hetu_nonce: Mapped[bytes]
+    hetu_ciphertext: Mapped[bytes]
+    birth_date: Mapped[date]
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+
+
+class RelationshipRow(Base):
+    """A service relationship: an organisation serves the person from `started_at` until `ended_at`."""
+
+    __tablename__ = "relationships"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"))
+    organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    __table_args__ = (Index("ix_relationships_person", "person_id", "organisation_id"),)
+
+
+class RepresentationRow(Base):
+    """A verified mandate to act for a person (custodian, guardian for personal matters, continuing power of
+    attorney covering personal matters), registered by an organisation that verified it."""
+
+    __tablename__ = "representations"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"))
+    representative_id: Mapped[str] = mapped_column(ForeignKey("persons.id"))
+    mandate: Mapped[str] = mapped_column(String(40))
+    valid_from: Mapped[datetime]
+    valid_until: Mapped[datetime | None]
+    registered_by: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    created_at: Mapped[datetime]
+
+
+class ConsentTextRow(Base):
+    """The exact text shown to the person, stored once and referenced by its SHA-256 (GDPR 7(1))."""
+
+    __tablename__ = "consent_texts"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(40))
+    language: Mapped[str] = mapped_column(String(8))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
+class ConsentRequestRow(Base):
+    __tablename__ = "consent_requests"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"), index=True)
+    requester_org: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    requested_by_role: Mapped[str] = mapped_column(String(40))
+    recipients: Mapped[list[str]]
+    categories: Mapped[list[str]]
+    purposes: Mapped[list[str]]
+    valid_days: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # pending | granted | refused | expired
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    answered_at: Mapped[datetime | None]
+    consent_id: Mapped[str | None] = mapped_column(ID)
+
+
+class ConsentRow(Base):
+    """A consent as it stands now. Every change also appends a ConsentEventRow (the history)."""
+
+    __tablename__ = "consents"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # active | withdrawn | expired
+    requester_org: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    recipients: Mapped[list[str]]
+    categories: Mapped[list[str]]
+    purposes: Mapped[list[str]]
+    valid_from: Mapped[datetime]
+    valid_until: Mapped[datetime | None]
+    bound_to_org: Mapped[str | None] = mapped_column(ID)
+    explicit: Mapped[bool] = mapped_column(Boolean)
+    written: Mapped[bool] = mapped_column(Boolean)
+    method: Mapped[str] = mapped_column(String(16))  # portal | in_person | paper
+    given_by: Mapped[str] = mapped_column(String(16))  # person | representative
+    representative_id: Mapped[str | None] = mapped_column(ID)
+    mandate: Mapped[str | None] = mapped_column(String(40))
+    recorded_by_org: Mapped[str | None] = mapped_column(ID)
+    recorded_by_actor: Mapped[str | None] = mapped_column(String(120))
+    recorded_by_role: Mapped[str | None] = mapped_column(String(40))
+    witness: Mapped[str | None] = mapped_column(String(200))
+    text_sha256: Mapped[str] = mapped_column(ForeignKey("consent_texts.sha256"))
+    language: Mapped[str] = mapped_column(String(8))
+    request_id: Mapped[str | None] = mapped_column(ID)
+    created_at: Mapped[datetime]
+    withdrawn_at: Mapped[datetime | None]
+
+
+class ConsentEventRow(Base):
+    """Append-only history of a consent: who changed it, how, when (703/2023 10 § and 39 §)."""
+
+    __tablename__ = "consent_events"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    consent_id: Mapped[str] = mapped_column(ForeignKey("consents.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))  # grant | withdraw | expire
+    at: Mapped[datetime]
+    by_kind: Mapped[str] = mapped_column(String(16))  # person | representative | professional | system
+    by_org: Mapped[str | None] = mapped_column(ID)
+    by_actor: Mapped[str | None] = mapped_column(String(120))
+    detail: Mapped[dict[str, Any]]
+
+
+class RecordRow(Base):
+    """A deposited record; content is AES-256-GCM under a per-record data key (DESIGN.md invariant 7)."""
+
+    __tablename__ = "records"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"))
+    category: Mapped[str] = mapped_column(String(40))
+    source_org: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    deposited_at: Mapped[datetime]
+    deposited_by_role: Mapped[str] = mapped_column(String(40))
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes]
+    nonce: Mapped[bytes]
+    ciphertext: Mapped[bytes | None]  # None once erased at the end of its retention period
+    __table_args__ = (Index("ix_records_person_category", "person_id", "category"),)
+
+
+class DisclosureRow(Base):
+    """Every decided request for records, permitted or denied, and every notice: what the person sees."""
+
+    __tablename__ = "disclosures"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # request (pulled by the recipient) | notice (pushed to it)
+    recipient_org: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    partner: Mapped[str] = mapped_column(ID)  # the partner system that made the request or sent the notice
+    category: Mapped[str] = mapped_column(String(40))
+    purpose: Mapped[str] = mapped_column(String(40))
+    effect: Mapped[str] = mapped_column(String(8))
+    basis: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    record_ids: Mapped[list[str]]
+    fields: Mapped[list[str]]
+    payload_sha256: Mapped[str | None] = mapped_column(String(64))
+    policy_version: Mapped[str] = mapped_column(String(64))
+    audit_index: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+
+
+class NoticeRow(Base):
+    __tablename__ = "notices"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"))
+    kind: Mapped[str] = mapped_column(String(40))
+    sender_org: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    recipient_org: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    basis: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes]
+    nonce: Mapped[bytes]
+    ciphertext: Mapped[bytes]
+    created_at: Mapped[datetime]
+    acked_at: Mapped[datetime | None]
+    __table_args__ = (Index("ix_notices_recipient", "recipient_org", "acked_at"),)
+
+
+class AuditEntryRow(Base):
+    """One log entry: its canonical bytes (RFC 8785) and leaf hash (RFC 9162 §2.1.1). Indices are gap-free."""
+
+    __tablename__ = "audit_entries"
+    idx: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)
+    entry: Mapped[bytes]
+    leaf_hash: Mapped[bytes]
+    logged_at: Mapped[datetime]
+    event: Mapped[str] = mapped_column(String(40))
+    person_id: Mapped[str | None] = mapped_column(ID, index=True)
+    organisation: Mapped[str | None] = mapped_column(ID)
+
+
+class AuditActorRow(Base):
+    """The opening of an entry's actor commitment: kept beside the log for the DPO, never in the leaf."""
+
+    __tablename__ = "audit_actors"
+    idx: Mapped[int] = mapped_column(ForeignKey("audit_entries.idx"), primary_key=True)
+    actor_id: Mapped[str] = mapped_column(String(120))
+    salt: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHeadRow(Base):
+    """The log's running head: size and the Merkle frontier, so that each append is O(log n)."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    frontier: Mapped[bytes]
+    root: Mapped[bytes]
+
+
+class AssertionJtiRow(Base):
+    """Used client-assertion ids: a unique key makes 'use once' an atomic insert (RFC 7523 §3 item 7)."""
+
+    __tablename__ = "assertion_jtis"
+    client_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    jti: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AccessTokenRow(Base):
+    __tablename__ = "access_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("partners.client_id"))
+    scope: Mapped[str] = mapped_column(String(400))
+    actor_id: Mapped[str] = mapped_column(String(120))
+    actor_role: Mapped[str] = mapped_column(String(40))
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None]
+
+
+class PolicyVersionRow(Base):
+    """Every policy version the broker has run, with its full text, so any past decision can be re-read."""
+
+    __tablename__ = "policy_versions"
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    files: Mapped[dict[str, Any]]
+    first_loaded_at: Mapped[datetime]
+
+
+__all__ = [name for name in dir() if name.endswith("Row")] + ["Base"]

@@ -1,0 +1,129 @@
+"""The application factory: the composition root that wires settings, database, keys, policy and HTTP."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from datetime import UTC, datetime
+
+from flask import Flask, Response, g, render_template, request
+from flask_smorest import Api
+from sqlalchemy import select, text
+
+from broker.adapters.database import Database
+from broker.adapters.keystore import KeyStore
+from broker.adapters.orm import PolicyVersionRow
+from broker.config import Settings
+from broker.domain.clock import Clock, SystemClock
+from broker.domain.errors import ConfigurationError
+from broker.http.errors import problem, register_error_handlers
+from broker.services import Broker
+from policies import Policy, load_policy
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+def build_broker(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None) -> Broker:
+    """Open what the broker runs on. Keys are created on first start only outside production: a production
+    instance must be given its keys (`broker keys init`) so that a misconfigured path never silently starts
+    with fresh keys that cannot open the stored records."""
+    create_keys = settings.mode != "production"
+    if not create_keys and not settings.keys_path.exists():
+        raise ConfigurationError(f"no key store at {settings.keys_path.name}/ in the instance folder; "
+                                 "run `broker keys init` first")
+    keys = KeyStore.open(settings.keys_path, create=create_keys)
+    return Broker(settings=settings, db=Database(settings.database_url), keys=keys,
+                  policy=policy or load_policy(), clock=clock or SystemClock())
+
+
+def record_policy_version(broker: Broker) -> None:
+    """Store the running policy's full text once, so every past decision can be re-read with its rules."""
+    with broker.uow() as uow:
+        if uow.session.scalars(select(PolicyVersionRow.version)
+                               .where(PolicyVersionRow.version == broker.policy.version)).first() is None:
+            uow.session.add(PolicyVersionRow(version=broker.policy.version, files=dict(broker.policy.files),
+                                             first_loaded_at=broker.clock.now()))
+            uow.commit()
+
+
+def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> Flask:
+    settings = settings or (broker.settings if broker else Settings.from_env())
+    broker = broker or build_broker(settings)
+    record_policy_version(broker)
+
+    app = Flask(__name__, template_folder="http/templates")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_TITLE="Consent Broker",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/api/v1",
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "info": {"description": "Consents, policy-checked disclosures and a verifiable log. "
+                                    "Errors are RFC 9457 problem documents with a stable `code`."},
+            "servers": [{"url": settings.issuer}],
+            "security": [{"partner": []}],
+        },
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["broker"] = broker
+
+    from broker.http.api.views import blp
+    from broker.oauth import init_oauth
+
+    api = Api(app)
+    api.spec.components.security_scheme("partner", {
+        "type": "oauth2",
+        "description": "client_credentials with private_key_jwt (RFC 7523); `aud` = the issuer",
+        "flows": {"clientCredentials": {"tokenUrl": f"{settings.issuer}/oauth/token",
+                                        "scopes": {"persons": "", "consents": "", "records": "",
+                                                   "disclosures": "", "notices": ""}}},
+    })
+    api.register_blueprint(blp)
+    init_oauth(app)
+    register_error_handlers(app)  # after flask-smorest's, so that every error is a problem document
+
+    @app.before_request
+    def _request_id() -> None:
+        given = request.headers.get("X-Request-Id", "")
+        g.request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(8)
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        response.headers["Referrer-Policy"] = "no-referrer"
+        return response
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response('{"status":"ok"}', mimetype="application/json")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        try:
+            with broker.db.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:
+            logging.getLogger("broker").warning("database not reachable")
+            response = problem(503, "unavailable", "Service unavailable", "the database is not reachable")
+            response.headers["Retry-After"] = "5"
+            return response
+        return Response('{"status":"ready"}', mimetype="application/json")
+
+    @app.get("/api/v1/docs")
+    def api_docs() -> Response:
+        """Browsable API documentation rendered on the server from the OpenAPI document (no third-party
+        scripts or styles)."""
+        spec = api.spec.to_dict()
+        html = render_template("api_docs.html", spec=spec, generated_at=datetime.now(UTC))
+        response = Response(html, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+        return response
+
+    return app

@@ -1,0 +1,192 @@
+"""The `broker` command line (DESIGN.md, "Command line")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from broker.config import Settings
+from broker.domain.errors import ConfigurationError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _settings(mode: str | None = None) -> Settings:
+    return Settings.from_env(**({"mode": mode} if mode else {}))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from broker.demo import create_demo
+
+    settings = _settings("demo")
+    summary = create_demo(settings, host=args.host, port=args.port)
+    print(summary)
+    if args.no_serve:
+        return 0
+    return _serve(settings, args.host, args.port, workers=args.workers)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(_settings(), args.host, args.port, workers=args.workers)
+
+
+def _serve(settings: Settings, host: str, port: int, *, workers: int) -> int:
+    from broker.wsgi import run_gunicorn
+
+    run_gunicorn(settings, host=host, port=port, workers=workers)
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from broker.migrations import upgrade
+
+    settings = _settings()
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    print("database is at the newest schema")
+    return 0
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from broker.adapters.keystore import KeyStore
+
+    settings = _settings()
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    store = KeyStore.open(settings.keys_path, create=True)
+    print(f"key store ready: key-encryption key {store.current_kek()[0]}")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from broker.services.keys import rotate_keys
+
+    settings = _settings()
+    result = rotate_keys(settings, batch_size=args.batch_size)
+    print(f"new key-encryption key {result.kek_id}; re-wrapped {result.records} records, "
+          f"{result.persons} identity codes and {result.notices} notices")
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from policies import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.rules)
+    except PolicyError as error:
+        print(f"policy error: {error}", file=sys.stderr)
+        return 1
+    print(f"policy {policy.version[:16]} is valid: {len(policy.rules)} rules")
+    return 0
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from policies import PolicyError, load_policy
+    from policies.cases import run_cases
+
+    try:
+        policy = load_policy(args.rules)
+    except PolicyError as error:
+        print(f"policy error: {error}", file=sys.stderr)
+        return 1
+    results = run_cases(policy, args.cases)
+    failed = [r for r in results if not r.passed]
+    for result in failed:
+        print(f"FAIL {result.name}: {result.message}", file=sys.stderr)
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def cmd_policy_eval(args: argparse.Namespace) -> int:
+    from policies import load_policy
+    from policies.cli import evaluate_json
+
+    policy = load_policy(args.rules)
+    try:
+        document = json.load(sys.stdin)
+    except json.JSONDecodeError as error:
+        print(f"stdin is not valid JSON: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_json(policy, document)
+    except ValueError as error:
+        print(f"invalid input: {error}", file=sys.stderr)
+        return 2
+    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from audit import AuditVerificationError
+    from broker.services.audit_check import verify_database_log
+
+    settings = _settings()
+    try:
+        result = verify_database_log(settings)
+    except AuditVerificationError as error:
+        print(f"audit log INVALID at index {error.index}: {error.kind}: {error}", file=sys.stderr)
+        return 1
+    print(f"audit log verified: {result.size} entries, root {result.root.hex()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="broker", description="Consent Broker")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Handler, help_text: str, sub: argparse._SubParsersAction | None = None
+            ) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+        command = (sub or commands).add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    for name, handler, help_text in (("demo", cmd_demo, "create or refresh the demo instance, then serve it"),
+                                     ("serve", cmd_serve, "serve the broker under gunicorn")):
+        command = add(name, handler, help_text)
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=8000)
+        command.add_argument("--workers", type=int, default=2)
+        if name == "demo":
+            command.add_argument("--no-serve", action="store_true", help="only create the instance")
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    add("upgrade", cmd_db_upgrade, "apply the Alembic migrations", db)
+
+    keys = commands.add_parser("keys", help="key store").add_subparsers(dest="keys_command", required=True)
+    add("init", cmd_keys_init, "create the instance's key store", keys)
+    rotate = add("rotate", cmd_keys_rotate, "add a key-encryption key and re-wrap every data key", keys)
+    rotate.add_argument("--batch-size", type=int, default=500)
+
+    policy = commands.add_parser("policy", help="policy files").add_subparsers(dest="policy_command",
+                                                                                required=True)
+    for name, handler, help_text in (
+        ("check", cmd_policy_check, "validate the policy files"),
+        ("test", cmd_policy_test, "run the decision tables"),
+        ("eval", cmd_policy_eval, "what-if: request and facts as JSON on stdin, decision JSON on stdout"),
+    ):
+        command = add(name, handler, help_text, policy)
+        command.add_argument("--rules", type=Path, default=None, help="policy rules folder")
+        if name == "test":
+            command.add_argument("--cases", type=Path, default=None, help="decision tables folder")
+
+    audit = commands.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
+    add("verify", cmd_audit_verify, "verify the whole log in the database", audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ConfigurationError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

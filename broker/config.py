@@ -1,0 +1,54 @@
+"""Settings, read from the environment once by the app factory — never at import time.
+
+Outside demo and test mode a missing setting stops the start: there are no development defaults on a
+production path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from broker.domain.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Settings:
+    instance_path: Path
+    database_url: str
+    issuer: str
+    mode: str = "production"  # production | demo | test
+    access_token_ttl: int = 300  # seconds; RFC 9700 §2.2: keep access tokens short-lived
+    assertion_max_lifetime: int = 60
+    assertion_iat_skew: int = 10
+    max_body_bytes: int = 1024 * 1024
+    consent_request_ttl_days: int = 30
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys_path(self) -> Path:
+        return self.instance_path / "keys"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ if env is None else env)
+        mode = overrides.pop("mode", env.get("BROKER_MODE", "production"))
+        instance = Path(overrides.pop("instance_path", env.get("BROKER_INSTANCE_PATH", "instance"))).resolve()
+        database_url = overrides.pop("database_url", env.get("BROKER_DATABASE_URL"))
+        issuer = overrides.pop("issuer", env.get("BROKER_ISSUER"))
+        if mode not in {"production", "demo", "test"}:
+            raise ConfigurationError(f"BROKER_MODE must be production, demo or test, not {mode!r}")
+        if database_url is None:
+            if mode == "production":
+                raise ConfigurationError("BROKER_DATABASE_URL must be set in production")
+            database_url = f"sqlite:///{instance / 'broker.db'}"
+        if issuer is None:
+            if mode == "production":
+                raise ConfigurationError("BROKER_ISSUER (the broker's https URL) must be set in production")
+            issuer = "http://127.0.0.1:8000"
+        if mode == "production" and not issuer.startswith("https://"):
+            raise ConfigurationError("BROKER_ISSUER must be an https URL in production (RFC 8414 §2)")
+        settings = cls(instance_path=instance, database_url=database_url, issuer=issuer.rstrip("/"), mode=mode)
+        return replace(settings, **overrides)

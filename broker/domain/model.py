@@ -1,0 +1,30 @@
+"""Domain values shared by the services and the HTTP layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated partner system and the professional acting through it (the assertion's `act` claim)."""
+
+    partner_id: str
+    organisation_id: str
+    org_type: str
+    actor_id: str
+    actor_role: str
+    scopes: frozenset[str]
+    request_id: str | None = None
+
+
+# OAuth scopes a partner may be granted. A partner asking for one it was not granted gets `invalid_scope`.
+SCOPES: dict[str, str] = {
+    "persons": "resolve persons and manage service relationships",
+    "consents": "request, record, read and withdraw consents",
+    "records": "deposit records",
+    "disclosures": "request records for a purpose and ask for decisions",
+    "notices": "send statutory notices and read the inbox",
+    "audit:read": "read the audit log (data-protection officer systems only)",
+}
+PARTNER_SCOPES = tuple(s for s in SCOPES if s != "audit:read")

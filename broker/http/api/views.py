@@ -1,0 +1,196 @@
+"""Routes of the partner API. Each view checks the token's scope, calls one use case and dumps its result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from broker.http.api import current_broker, current_caller
+from broker.oauth import require_scope
+from broker.services import consents, disclosures, notices, persons, records
+from schemas import api as s
+
+blp = Blueprint("api", __name__, url_prefix="/api/v1", description="Consent Broker partner API")
+
+PROBLEMS = {"400": "invalid request", "401": "no valid access token", "403": "forbidden",
+            "404": "not found"}
+
+
+def _responses(*codes: int) -> Any:
+    """Document the problem responses of an operation."""
+
+    def decorate(func: Any) -> Any:
+        for code in codes:
+            func = blp.alt_response(code, schema=s.ProblemSchema, description=PROBLEMS.get(str(code), ""),
+                                    content_type="application/problem+json")(func)
+        return func
+
+    return decorate
+
+
+@blp.route("/persons/resolve")
+class PersonResolve(MethodView):
+    @require_scope("persons")
+    @blp.arguments(s.PersonResolveSchema)
+    @blp.response(200, s.PersonSchema)
+    @_responses(400, 401, 403)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Find a person by identity code; the person is created on first sight."""
+        return {"person_id": persons.resolve_person(current_broker(), current_caller(), body["hetu"])}
+
+
+@blp.route("/persons/<person_id>/relationships")
+class RelationshipStart(MethodView):
+    @require_scope("persons")
+    @blp.response(200, s.RelationshipSchema)
+    @_responses(401, 403, 404)
+    def post(self, person_id: str) -> dict[str, Any]:
+        """The calling organisation starts serving the person (a service relationship)."""
+        return persons.start_relationship(current_broker(), current_caller(), person_id)
+
+
+@blp.route("/persons/<person_id>/relationships/end")
+class RelationshipEnd(MethodView):
+    @require_scope("persons")
+    @blp.response(200, s.RelationshipSchema)
+    @_responses(401, 403, 404)
+    def post(self, person_id: str) -> dict[str, Any]:
+        """The calling organisation stops serving the person; consents bound to the relationship end."""
+        return persons.end_relationship(current_broker(), current_caller(), person_id)
+
+
+@blp.route("/consent-requests")
+class ConsentRequests(MethodView):
+    @require_scope("consents")
+    @blp.arguments(s.ConsentRequestCreateSchema)
+    @blp.response(201, s.ConsentRequestSchema)
+    @_responses(400, 401, 403, 404)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Ask the person for a consent; the person answers in the portal."""
+        return consents.request_consent(
+            current_broker(), current_caller(), body["person_id"], recipients=body["recipients"],
+            categories=body["categories"], purposes=body["purposes"], valid_days=body["valid_days"],
+            reason=body["reason"],
+        )
+
+
+@blp.route("/consents")
+class Consents(MethodView):
+    @require_scope("consents")
+    @blp.arguments(s.ConsentCreateSchema)
+    @blp.response(201, s.ConsentSchema)
+    @_responses(400, 401, 403, 404)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Record a consent the person gave in person (with a witness) or on paper."""
+        terms = consents.ConsentTerms(
+            recipients=body["recipients"], categories=body["categories"], purposes=body["purposes"],
+            valid_until=body["valid_until"], bound_to_relationship=body["bound_to_relationship"],
+            explicit=body["explicit"], written=body["written"], language=body["language"],
+        )
+        return consents.record_consent(current_broker(), current_caller(), body["person_id"], terms,
+                                       method=body["method"], witness=body["witness"])
+
+    @require_scope("consents")
+    @blp.arguments(s.ConsentListQuerySchema, location="query")
+    @blp.response(200, s.ConsentSchema(many=True))
+    @_responses(400, 401, 403, 404)
+    def get(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        """Consents of the person in which the calling organisation is requester or recipient."""
+        return consents.list_consents(current_broker(), current_caller(), query["person_id"])
+
+
+@blp.route("/consents/<consent_id>/withdraw")
+class ConsentWithdraw(MethodView):
+    @require_scope("consents")
+    @blp.arguments(s.ConsentWithdrawSchema)
+    @blp.response(200, s.ConsentSchema)
+    @_responses(400, 401, 403, 404)
+    def post(self, body: dict[str, Any], consent_id: str) -> dict[str, Any]:
+        """Record a withdrawal the person made to a professional; effective for every later request."""
+        return consents.withdraw_consent(current_broker(), current_caller(), consent_id, reason=body["reason"])
+
+
+@blp.route("/consents/<consent_id>/receipt")
+class ConsentReceipt(MethodView):
+    @require_scope("consents")
+    @blp.response(200, s.ConsentReceiptSchema)
+    @_responses(401, 403, 404)
+    def get(self, consent_id: str) -> dict[str, Any]:
+        """The signed consent receipt: a compact JWS (Ed25519) verifiable with /.well-known/jwks.json."""
+        return {"consent_id": consent_id,
+                "receipt": consents.consent_receipt(current_broker(), current_caller(), consent_id)}
+
+
+@blp.route("/records")
+class Records(MethodView):
+    @require_scope("records")
+    @blp.arguments(s.RecordCreateSchema)
+    @blp.response(201, s.RecordSchema)
+    @_responses(400, 401, 403, 404)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Deposit a record; its content is validated by the category's schema and encrypted at rest."""
+        return records.deposit_record(current_broker(), current_caller(), body["person_id"], body["category"],
+                                      body["content"])
+
+
+@blp.route("/disclosures")
+class Disclosures(MethodView):
+    @require_scope("disclosures")
+    @blp.arguments(s.DisclosureRequestSchema)
+    @blp.response(200, s.DisclosureSchema)
+    @_responses(400, 401, 403, 404)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Ask for the person's records of a category for a purpose. 403 `no_legal_basis` when no statute or
+        consent permits it; the answer holds only the fields the purpose allows."""
+        ask = disclosures.DisclosureAsk(body["person_id"], body["category"], body["purpose"],
+                                        disclosures.parse_exception(body["exception"]))
+        return disclosures.request_disclosure(current_broker(), current_caller(), ask)
+
+
+@blp.route("/decisions")
+class Decisions(MethodView):
+    @require_scope("disclosures")
+    @blp.arguments(s.DisclosureRequestSchema)
+    @blp.response(200, s.DecisionSchema)
+    @_responses(400, 401, 403, 404)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Dry run: would the request be permitted, on what basis? Audited; discloses nothing."""
+        ask = disclosures.DisclosureAsk(body["person_id"], body["category"], body["purpose"],
+                                        disclosures.parse_exception(body["exception"]))
+        return disclosures.query_decision(current_broker(), current_caller(), ask)
+
+
+@blp.route("/notices")
+class Notices(MethodView):
+    @require_scope("notices")
+    @blp.arguments(s.NoticeCreateSchema)
+    @blp.response(201, s.NoticeSentSchema)
+    @_responses(400, 401, 403, 404)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Send a statutory notice (e.g. an interruption notice) to one organisation."""
+        return notices.send_notice(current_broker(), current_caller(), body["person_id"], body["kind"],
+                                   body["recipient"], body["content"], body["purpose"])
+
+
+@blp.route("/inbox")
+class Inbox(MethodView):
+    @require_scope("notices")
+    @blp.arguments(s.InboxQuerySchema, location="query")
+    @blp.response(200, s.NoticeSchema(many=True))
+    @_responses(400, 401, 403)
+    def get(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        """Notices addressed to the calling organisation (unacknowledged unless asked)."""
+        return notices.read_inbox(current_broker(), current_caller(),
+                                  include_acknowledged=query["include_acknowledged"], limit=query["limit"])
+
+
+@blp.route("/inbox/<notice_id>/ack")
+class InboxAck(MethodView):
+    @require_scope("notices")
+    @blp.response(200, s.NoticeSchema)
+    @_responses(401, 403, 404)
+    def post(self, notice_id: str) -> dict[str, Any]:
+        """Acknowledge a notice."""
+        return notices.acknowledge_notice(current_broker(), current_caller(), notice_id)

@@ -1,0 +1,50 @@
+"""Serving under gunicorn. Each worker builds its own application (no preloading), so that no database
+connection or file lock crosses a fork."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from broker.config import Settings
+
+
+class BrokerServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self._settings = settings
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        from broker.app import create_app
+
+        return create_app(self._settings)
+
+
+def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int, **options: Any) -> None:
+    config = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "sync",
+        "timeout": 30,
+        "graceful_timeout": 10,
+        "preload_app": False,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        **options,
+    }
+    BrokerServer(settings, config).run()
+
+
+def app() -> Flask:
+    """`gunicorn 'broker.wsgi:app()'` — settings from the environment."""
+    from broker.app import create_app
+
+    return create_app(Settings.from_env())

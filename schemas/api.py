@@ -1,0 +1,225 @@
+"""API payload schemas (v1). All strict: unknown fields are rejected, in bodies and in query strings."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+ID = validate.Length(min=1, max=40)
+NAME = validate.Length(min=1, max=40)
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class PersonResolveSchema(StrictSchema):
+    # load_only: the identity code is never echoed back (DESIGN.md invariant 6).
+    hetu = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=20))
+
+
+class PersonSchema(StrictSchema):
+    person_id = fields.String(required=True)
+
+
+class RelationshipSchema(StrictSchema):
+    relationship_id = fields.String()
+    person_id = fields.String()
+    organisation = fields.String()
+    started_at = fields.DateTime()
+    ended_at = fields.DateTime(allow_none=True)
+    active = fields.Boolean()
+    created = fields.Boolean()
+
+
+class _ConsentTermsSchema(StrictSchema):
+    person_id = fields.String(required=True, validate=ID)
+    recipients = fields.List(fields.String(validate=ID), required=True, validate=validate.Length(min=1, max=20))
+    categories = fields.List(fields.String(validate=NAME), required=True, validate=validate.Length(min=1, max=20))
+    purposes = fields.List(fields.String(validate=NAME), required=True, validate=validate.Length(min=1, max=10))
+
+
+class ConsentRequestCreateSchema(_ConsentTermsSchema):
+    valid_days = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=1, max=3650))
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class ConsentRequestSchema(StrictSchema):
+    consent_request_id = fields.String()
+    person_id = fields.String()
+    requester = fields.String()
+    recipients = fields.List(fields.String())
+    categories = fields.List(fields.String())
+    purposes = fields.List(fields.String())
+    valid_days = fields.Integer(allow_none=True)
+    reason = fields.String()
+    status = fields.String()
+    created_at = fields.DateTime()
+    expires_at = fields.DateTime()
+    consent_id = fields.String(allow_none=True)
+
+
+class ConsentCreateSchema(_ConsentTermsSchema):
+    valid_until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=None)
+    method = fields.String(required=True, validate=validate.OneOf(["in_person", "paper"]))
+    witness = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=200))
+    explicit = fields.Boolean(load_default=True)
+    written = fields.Boolean(load_default=False)
+    bound_to_relationship = fields.Boolean(load_default=False)
+    language = fields.String(load_default="fi", validate=validate.OneOf(["fi", "sv", "en"]))
+
+
+class ConsentSchema(StrictSchema):
+    consent_id = fields.String()
+    person_id = fields.String()
+    version = fields.Integer()
+    status = fields.String()
+    requester = fields.String()
+    recipients = fields.List(fields.String())
+    categories = fields.List(fields.String())
+    purposes = fields.List(fields.String())
+    valid_from = fields.DateTime()
+    valid_until = fields.DateTime(allow_none=True)
+    bound_to_relationship = fields.Boolean()
+    explicit = fields.Boolean()
+    written = fields.Boolean()
+    method = fields.String()
+    given_by = fields.String()
+    mandate = fields.String(allow_none=True)
+    witness = fields.String(allow_none=True)
+    language = fields.String()
+    text_sha256 = fields.String()
+    created_at = fields.DateTime()
+    withdrawn_at = fields.DateTime(allow_none=True)
+
+
+class ConsentListQuerySchema(StrictSchema):
+    person_id = fields.String(required=True, validate=ID)
+
+
+class ConsentWithdrawSchema(StrictSchema):
+    reason = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=1000))
+
+
+class ConsentReceiptSchema(StrictSchema):
+    consent_id = fields.String()
+    receipt = fields.String(metadata={"description": "compact JWS (alg Ed25519), verifiable with the JWKS"})
+
+
+class RecordCreateSchema(StrictSchema):
+    person_id = fields.String(required=True, validate=ID)
+    category = fields.String(required=True, validate=NAME)
+    content = fields.Dict(required=True, metadata={"description": "validated by the category's schema"})
+
+
+class RecordSchema(StrictSchema):
+    record_id = fields.String()
+    person_id = fields.String()
+    category = fields.String()
+    source_organisation = fields.String()
+    deposited_at = fields.DateTime()
+
+
+class ExceptionAssertionSchema(StrictSchema):
+    ground = fields.String(required=True, validate=NAME)
+    justification = fields.String(required=True, validate=validate.Length(min=10, max=2000))
+
+
+class DisclosureRequestSchema(StrictSchema):
+    person_id = fields.String(required=True, validate=ID)
+    category = fields.String(required=True, validate=NAME)
+    purpose = fields.String(required=True, validate=NAME)
+    exception = fields.Nested(ExceptionAssertionSchema, load_default=None, allow_none=True)
+
+
+class BasisSchema(StrictSchema):
+    kind = fields.String()
+    rule = fields.String()
+    reference = fields.String()
+    lawful_basis = fields.String()
+    consent_id = fields.String(allow_none=True)
+    consent_version = fields.Integer(allow_none=True)
+    exception_ground = fields.String(allow_none=True)
+
+
+class DisclosedRecordSchema(StrictSchema):
+    record_id = fields.String()
+    category = fields.String()
+    source_organisation = fields.String()
+    deposited_at = fields.String()
+    basis = fields.Nested(BasisSchema, allow_none=True)
+    content = fields.Dict()
+
+
+class DisclosureSchema(StrictSchema):
+    disclosure_id = fields.String()
+    person_id = fields.String()
+    category = fields.String()
+    purpose = fields.String()
+    basis = fields.Nested(BasisSchema, allow_none=True)
+    obligations = fields.List(fields.String())
+    policy_version = fields.String()
+    audit_index = fields.Integer()
+    records = fields.List(fields.Nested(DisclosedRecordSchema))
+
+
+class ReasonSchema(StrictSchema):
+    rule = fields.String()
+    applies = fields.Boolean()
+    code = fields.String()
+    detail = fields.String()
+
+
+class DecisionSchema(StrictSchema):
+    effect = fields.String()
+    basis = fields.Nested(BasisSchema, allow_none=True)
+    fields_ = fields.List(fields.String(), data_key="fields", attribute="fields")
+    obligations = fields.List(fields.String())
+    reasons = fields.List(fields.Nested(ReasonSchema))
+    policy_version = fields.String()
+
+
+class NoticeCreateSchema(StrictSchema):
+    person_id = fields.String(required=True, validate=ID)
+    kind = fields.String(required=True, validate=NAME)
+    recipient = fields.String(required=True, validate=ID)
+    purpose = fields.String(load_default=None, allow_none=True, validate=NAME)
+    content = fields.Dict(required=True)
+
+
+class NoticeSentSchema(StrictSchema):
+    notice_id = fields.String()
+    person_id = fields.String()
+    kind = fields.String()
+    recipient = fields.String()
+    basis = fields.Nested(BasisSchema, allow_none=True)
+    fields_ = fields.List(fields.String(), data_key="fields", attribute="fields")
+    created_at = fields.DateTime()
+
+
+class NoticeSchema(StrictSchema):
+    notice_id = fields.String()
+    person_id = fields.String()
+    kind = fields.String()
+    sender = fields.String()
+    basis = fields.Nested(BasisSchema, allow_none=True)
+    content = fields.Dict()
+    created_at = fields.DateTime()
+    acknowledged_at = fields.DateTime(allow_none=True)
+
+
+class InboxQuerySchema(StrictSchema):
+    include_acknowledged = fields.Boolean(load_default=False)
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
+
+
+class ProblemSchema(Schema):
+    """RFC 9457 problem details, with the broker's stable `code`."""
+
+    type = fields.String()
+    title = fields.String()
+    status = fields.Integer()
+    detail = fields.String()
+    code = fields.String()
+    field = fields.String()
+    errors = fields.Dict()

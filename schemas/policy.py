@@ -1,0 +1,337 @@
+"""Schemas of the policy files: the vocabulary (`policies/rules/vocabulary.yaml`), the rule files
+(`policies/rules/*.yaml`) and the decision tables (`policies/cases/*.yaml`).
+
+All strict (`unknown = RAISE`). A rule file is also checked against the vocabulary: every org type, role, category,
+field, purpose, exception and obligation a rule names must be defined there, so that a typo cannot silently widen
+or narrow a flow. `load_*` return plain validated dicts or raise `PolicyError` naming file, rule and field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from policies.errors import PolicyError
+
+ANY = "any"
+NAME = validate.Regexp(r"^[a-z][a-z0-9_]*$", error="not a snake_case name: {input}")
+TEXT = validate.Length(min=1)
+
+
+def _unique(values: list[Any]) -> None:
+    seen: set[Any] = set()
+    duplicates = sorted({v for v in values if v in seen or seen.add(v)})
+    if duplicates:
+        raise ValidationError(f"duplicates: {', '.join(map(str, duplicates))}")
+
+
+def _names(**kwargs: Any) -> fields.List[str]:
+    """A non-empty list of distinct snake_case names."""
+    return fields.List(fields.String(validate=NAME), validate=[validate.Length(min=1), _unique], **kwargs)
+
+
+def _flag(**kwargs: Any) -> fields.Boolean:
+    # YAML already gives booleans; refuse "yes"/1 so that a quoted value is a mistake, not a truth.
+    return fields.Boolean(truthy={True}, falsy={False}, **kwargs)
+
+
+class NamesOrAny(fields.Field[list[str] | str]):
+    """Either the word `any` or a non-empty list of distinct names."""
+
+    default_error_messages = {"invalid": "must be 'any' or a non-empty list of names"}  # noqa: RUF012
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> list[str] | str:
+        if value == ANY:
+            return ANY
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise self.make_error("invalid")
+        _unique(value)
+        return value
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+# --- vocabulary ------------------------------------------------------------------------------------------------
+
+
+class OrgTypeSchema(StrictSchema):
+    roles = _names(required=True)
+
+
+class CategorySchema(StrictSchema):
+    special = _flag(required=True)
+    field_names = _names(required=True, data_key="fields")
+
+
+class ExceptionSchema(StrictSchema):
+    reference = fields.String(required=True, validate=TEXT)
+    description = fields.String(required=True, validate=TEXT)
+    # 703/2023 53 § 5–6 mom. applies only when the person has no legal representative who could consent.
+    requires_no_legal_representative = _flag(load_default=False)
+
+
+class VocabularySchema(StrictSchema):
+    org_types = fields.Dict(
+        keys=fields.String(validate=NAME), values=fields.Nested(OrgTypeSchema), required=True, validate=TEXT
+    )
+    categories = fields.Dict(
+        keys=fields.String(validate=NAME), values=fields.Nested(CategorySchema), required=True, validate=TEXT
+    )
+    purposes = _names(required=True)
+    exceptions = fields.Dict(keys=fields.String(validate=NAME), values=fields.Nested(ExceptionSchema), load_default=dict)
+    obligations = fields.Dict(keys=fields.String(validate=NAME), values=fields.String(validate=TEXT), load_default=dict)
+
+
+# --- rules -----------------------------------------------------------------------------------------------------
+
+
+class ConsentRequirementSchema(StrictSchema):
+    explicit = _flag(required=True)
+    written = _flag(required=True)
+    # Youth Act 1285/2016 12 §: for a minor the custodian consents too, beside the young person.
+    minor_needs_custodian = _flag(load_default=False)
+
+
+class ExplanationSchema(StrictSchema):
+    fi = fields.String(required=True, validate=TEXT)
+    sv = fields.String(required=True, validate=TEXT)
+    en = fields.String(required=True, validate=TEXT)
+
+
+_PERMIT_ONLY = ("basis", "lawful_basis", "fields", "relationship_required", "consent", "exceptions", "obligations")
+
+
+class RuleSchema(StrictSchema):
+    id = fields.String(required=True, validate=validate.Regexp(r"^F\d+[a-z]?$", error="not a flow id: {input}"))
+    effect = fields.String(required=True, validate=validate.OneOf(["permit", "forbid"]))
+    requester_org_types = NamesOrAny(required=True)
+    requester_roles = _names()
+    except_org_types = _names()
+    source_org_types = NamesOrAny(required=True)
+    categories = _names(required=True)
+    purposes = NamesOrAny(required=True)
+    basis = fields.String(validate=validate.OneOf(["statute", "consent", "consent_or_exception"]))
+    exceptions = _names()
+    lawful_basis = fields.String(validate=validate.Regexp(r"^GDPR \d", error="must cite GDPR articles"))
+    secrecy_ground = fields.String(required=True, validate=TEXT)
+    allow = fields.Dict(keys=fields.String(), values=_names(), data_key="fields")
+    relationship_required = _flag()
+    consent = fields.Nested(ConsentRequirementSchema)
+    obligations = _names()
+    explanation = fields.Nested(ExplanationSchema, required=True)
+
+    @validates_schema
+    def check_effect(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """Which keys a rule needs depends on its effect and basis."""
+        present = {self.fields[k].data_key or k for k, v in data.items() if v is not None}
+        errors: dict[str, str] = {}
+        if data["effect"] == "forbid":
+            # A forbid only says who must never receive what; it has no basis and discloses nothing.
+            errors |= {k: "not allowed in a forbid" for k in _PERMIT_ONLY if k in present}
+        else:
+            errors |= {k: "required for a permit" for k in _PERMIT_ONLY[:4] if k not in present}
+            if "except_org_types" in present:
+                errors["except_org_types"] = "only a forbid has exceptions by org type"
+            basis = data.get("basis")
+            if basis in ("consent", "consent_or_exception") and "consent" not in present:
+                errors["consent"] = f"required for basis {basis}"
+            if basis == "statute" and "consent" in present:
+                errors["consent"] = "a statutory rule needs no consent"
+            if (basis == "consent_or_exception") != ("exceptions" in present):
+                errors["exceptions"] = "required exactly when basis is consent_or_exception"
+        if errors:
+            raise ValidationError({k: [v] for k, v in errors.items()})
+
+
+class RuleFileSchema(StrictSchema):
+    description = fields.String(validate=TEXT)
+    rules = fields.List(fields.Nested(RuleSchema), required=True, validate=TEXT)
+
+    def __init__(self, vocabulary: Mapping[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.vocabulary = vocabulary
+
+    @validates_schema
+    def check_references(self, data: dict[str, Any], **kwargs: Any) -> None:
+        errors = {i: e for i, rule in enumerate(data["rules"]) if (e := rule_reference_errors(rule, self.vocabulary))}
+        if errors:
+            raise ValidationError({"rules": errors})
+
+
+def rule_reference_errors(rule: Mapping[str, Any], vocabulary: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Every name a rule uses must be defined in the vocabulary; keys are the (dotted) rule fields."""
+    errors: dict[str, list[str]] = {}
+
+    def unknown(key: str, names: object, known: Mapping[str, Any] | list[str], what: str) -> None:
+        if isinstance(names, list) and (bad := [n for n in names if n not in known]):
+            errors[key] = [f"unknown {what} '{n}'" for n in bad]
+
+    org_types, categories = vocabulary["org_types"], vocabulary["categories"]
+    for key in ("requester_org_types", "except_org_types", "source_org_types"):
+        unknown(key, rule.get(key), org_types, "org type")
+    unknown("categories", rule["categories"], categories, "category")
+    unknown("purposes", rule["purposes"], vocabulary["purposes"], "purpose")
+    unknown("exceptions", rule.get("exceptions"), vocabulary["exceptions"], "exception")
+    unknown("obligations", rule.get("obligations"), vocabulary["obligations"], "obligation")
+
+    requesters = rule["requester_org_types"]
+    requesters = list(org_types) if requesters == ANY else [t for t in requesters if t in org_types]
+    roles = {role for t in requesters for role in org_types[t]["roles"]}
+    bad_roles = [r for r in rule.get("requester_roles") or () if r not in roles]
+    if bad_roles:
+        errors["requester_roles"] = [f"'{r}' is not a role of {', '.join(requesters)}" for r in bad_roles]
+
+    allow: dict[str, list[str]] = rule.get("allow") or {}
+    for category in rule["categories"] if rule["effect"] == "permit" else ():
+        if category in categories and category not in allow:
+            errors[f"fields.{category}"] = ["missing allow-list"]
+    for category, names in allow.items():
+        if category not in rule["categories"]:
+            errors[f"fields.{category}"] = ["category not listed in categories"]
+        elif category in categories:
+            known = categories[category]["field_names"]
+            if bad := [f"unknown field '{n}'" for n in names if n not in known]:
+                errors[f"fields.{category}"] = bad
+    return errors
+
+
+# --- decision tables -------------------------------------------------------------------------------------------
+
+
+class ExceptionClaimSchema(StrictSchema):
+    ground = fields.String(required=True)
+    justification = fields.String(required=True)
+
+
+class CaseRequestSchema(StrictSchema):
+    requester_org = fields.String(required=True)
+    requester_org_type = fields.String(required=True)
+    requester_role = fields.String(required=True)
+    person_id = fields.String(load_default="person-1")
+    category = fields.String(required=True)
+    purpose = fields.String(required=True)
+    source_org = fields.String(load_default=None)
+    source_org_type = fields.String(load_default=None)
+    exception = fields.Nested(ExceptionClaimSchema, load_default=None)
+
+
+class CaseConsentSchema(StrictSchema):
+    consent_id = fields.String(required=True)
+    version = fields.Integer(load_default=1, strict=True)
+    status = fields.String(load_default="active")
+    recipients = fields.List(fields.String(), required=True)
+    categories = fields.List(fields.String(), required=True)
+    purposes = fields.List(fields.String(), required=True)
+    valid_from = fields.AwareDateTime(required=True)
+    valid_until = fields.AwareDateTime(load_default=None)
+    explicit = _flag(load_default=False)
+    written = _flag(load_default=False)
+    bound_to_org = fields.String(load_default=None)
+    given_by = fields.String(load_default="person")
+    mandate = fields.String(load_default=None)
+    withdrawn_at = fields.AwareDateTime(load_default=None)
+    requester_org = fields.String(load_default=None)
+
+
+class CaseFactsSchema(StrictSchema):
+    relationships = fields.List(fields.String(), load_default=list)
+    consents = fields.List(fields.Nested(CaseConsentSchema), load_default=list)
+    person_is_minor = _flag(load_default=False)
+    has_legal_representative = _flag(load_default=False)
+
+
+class ExpectationSchema(StrictSchema):
+    effect = fields.String(required=True, validate=validate.OneOf(["permit", "deny"]))
+    basis = fields.String(validate=validate.OneOf(["statute", "consent", "exception"]))
+    rule = fields.String()
+    fields_ = fields.List(fields.String(), data_key="fields")
+    obligations = fields.List(fields.String())
+    consent_id = fields.String()
+    reason = fields.String()  # a reason code that must be among the decision's reasons
+
+    @validates_schema
+    def check_permit(self, data: dict[str, Any], **kwargs: Any) -> None:
+        keys = ("basis", "rule", "fields_")
+        if data["effect"] == "permit" and (missing := [k.rstrip("_") for k in keys if k not in data]):
+            raise ValidationError({k: ["required when a permit is expected"] for k in missing})
+        if data["effect"] == "deny" and (extra := [k.rstrip("_") for k in keys if k in data]):
+            raise ValidationError({k: ["a deny has none"] for k in extra})
+
+
+class CaseSchema(StrictSchema):
+    name = fields.String(required=True, validate=TEXT)
+    flow = fields.String(required=True, validate=TEXT)
+    statute = fields.String(required=True, validate=TEXT)
+    now = fields.AwareDateTime()
+    request = fields.Nested(CaseRequestSchema, required=True)
+    facts = fields.Nested(CaseFactsSchema, load_default=None)
+    expect = fields.Nested(ExpectationSchema, required=True)
+
+
+class CaseFileSchema(StrictSchema):
+    description = fields.String(validate=TEXT)
+    now = fields.AwareDateTime()  # the default clock for the file's cases
+    cases = fields.List(fields.Nested(CaseSchema), required=True, validate=TEXT)
+
+    @validates_schema
+    def check_clock(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "now" not in data and (missing := {i: {"now": ["required (no file default)"]}
+                                             for i, c in enumerate(data["cases"]) if "now" not in c}):
+            raise ValidationError({"cases": missing})
+
+
+# --- loading with errors that name file, rule and field --------------------------------------------------------
+
+
+def load_vocabulary(data: object, file: str) -> dict[str, Any]:
+    return _load(VocabularySchema(), data, file)
+
+
+def load_rule_file(data: object, file: str, vocabulary: Mapping[str, Any]) -> dict[str, Any]:
+    return _load(RuleFileSchema(vocabulary), data, file, items="rules", label="rule", key="id")
+
+
+def load_case_file(data: object, file: str) -> dict[str, Any]:
+    return _load(CaseFileSchema(), data, file, items="cases", label="case", key="name")
+
+
+def _load(schema: Schema, data: object, file: str, items: str = "", label: str = "", key: str = "") -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = schema.load(data)  # type: ignore[arg-type]  # checked by the schema itself
+    except ValidationError as error:
+        raise PolicyError([_line(file, path, message, data, items, label, key) for path, message in
+                           _flatten(error.messages)]) from None
+    return loaded
+
+
+def _flatten(messages: object, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    if isinstance(messages, dict):
+        for k, v in messages.items():
+            # "_schema" is the object itself; "value" is marshmallow's wrapper around a Dict entry's errors.
+            yield from _flatten(v, path if k in ("_schema", "value") else (*path, k))
+    elif isinstance(messages, list):
+        for m in messages:
+            yield from _flatten(m, path)
+    else:
+        yield path, str(messages)
+
+
+def _line(file: str, path: tuple[str | int, ...], message: str, data: object, items: str, label: str, key: str) -> str:
+    parts = [file]
+    if items and len(path) >= 2 and path[0] == items and isinstance(path[1], int):
+        index, path = path[1], path[2:]
+        entries = data.get(items) if isinstance(data, dict) else None
+        entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
+        name = entry.get(key) if isinstance(entry, dict) else None
+        parts.append(f"{label} {name}" if isinstance(name, str) else f"{label} #{index + 1}")
+    if path:
+        parts.append(".".join(map(str, path)))
+    parts.append(message)
+    return ": ".join(parts)
