@@ -127,7 +127,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     try:
         result = verify_database_log(settings)
     except AuditVerificationError as error:
-        print(f"audit log INVALID at index {error.index}: {error.kind}: {error}", file=sys.stderr)
+        print(f"audit log INVALID: {error}", file=sys.stderr)
         return 1
     print(f"audit log verified: {result.size} entries, root {result.root.hex()}")
     return 0

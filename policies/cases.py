@@ -1,6 +1,7 @@
-"""Decision tables (STYLE.md: policies tested as decision tables). Each case in `policies/cases/*.yaml` gives a
-request, the facts and the clock, the flow and statute it tests, and the decision expected. `broker policy test`
-and the unit tests run them through `run_cases`; `broker policy check` calls `check_policy`.
+"""Decision tables (STYLE.md: policies tested as decision tables). Each case in `policies/cases/*.yaml`
+gives a request, the facts and the clock, the flow and statute it tests, and the decision expected.
+`broker policy test` and the unit tests run them through `run_cases`; `broker policy check` calls
+`check_policy`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Case:
     now: datetime
     request: DecisionRequest
     facts: Facts
-    expect: Mapping[str, Any]  # effect, and for a permit basis, rule, fields; optionally obligations, consent_id, reason
+    # effect; for a permit also basis, rule and fields_; optionally obligations, consent_id and a reason code
+    expect: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,14 @@ class CaseResult:
     @property
     def passed(self) -> bool:
         return not self.problems
+
+    @property
+    def name(self) -> str:
+        return self.case.name
+
+    @property
+    def message(self) -> str:
+        return f"{self.case.file} ({self.case.flow}, {self.case.statute}): {'; '.join(self.problems) or 'ok'}"
 
 
 def check_policy(directory: str | Path | None = None) -> Policy:
@@ -56,22 +66,21 @@ def run_cases(policy: Policy, directory: str | Path | None = None) -> list[CaseR
 
 def run_case(policy: Policy, case: Case) -> CaseResult:
     decision = decide(case.request, case.facts, policy, case.now)
-    expect, problems = case.expect, []
-    basis = decision.basis
+    basis, expect = decision.basis, case.expect
     actual: dict[str, object] = {
         "effect": decision.effect,
         "basis": basis.kind if basis else None,
         "rule": basis.rule_id if basis else None,
-        "fields": list(decision.fields),
+        "fields_": sorted(decision.fields),
         "obligations": list(decision.obligations),
         "consent_id": basis.consent_id if basis else None,
     }
-    for key, value in actual.items():
-        wanted = expect.get("fields_" if key == "fields" else key)
-        if key == "fields" and wanted is not None:
-            wanted = sorted(wanted)
-        if wanted is not None and wanted != value:
-            problems.append(f"{key}: expected {wanted!r}, got {value!r}")
+    problems = [
+        f"{key.rstrip('_')}: expected {wanted!r}, got {actual[key]!r}"
+        for key in actual
+        if (wanted := expect.get(key)) is not None
+        and (sorted(wanted) if key == "fields_" else wanted) != actual[key]
+    ]
     codes = [r.code for r in decision.reasons]
     if "reason" in expect and expect["reason"] not in codes:
         problems.append(f"reason: expected {expect['reason']!r} among {codes!r}")
@@ -81,7 +90,6 @@ def run_case(policy: Policy, case: Case) -> CaseResult:
 def load_cases(directory: str | Path | None = None) -> list[Case]:
     folder = Path(directory) if directory is not None else CASES_DIR
     cases: list[Case] = []
-    seen: set[str] = set()
     for path in sorted(folder.glob("*.yaml")):
         shown = display_path(path)
         try:
@@ -90,33 +98,27 @@ def load_cases(directory: str | Path | None = None) -> list[Case]:
             raise PolicyError(f"{shown}: {error}".replace("\n", " ")) from None
         data = load_case_file(raw, shown)
         for item in data["cases"]:
-            if item["name"] in seen:
+            if any(c.name == item["name"] for c in cases):
                 raise PolicyError(f"{shown}: case {item['name']}: name: duplicate case name")
-            seen.add(item["name"])
-            cases.append(_case(item, data.get("now"), shown))
+            now = item.get("now") or data["now"]  # the schema requires one or the other
+            request, facts = request_from(item["request"]), facts_from(item["facts"] or {})
+            cases.append(
+                Case(item["name"], shown, item["flow"], item["statute"], now, request, facts, item["expect"])
+            )
     return cases
 
 
-def _case(item: Mapping[str, Any], default_now: datetime | None, file: str) -> Case:
-    request = dict(item["request"])
-    if request["exception"] is not None:
-        request["exception"] = StatutoryException(**request["exception"])
-    facts = dict(item["facts"] or {})
+def request_from(data: Mapping[str, Any]) -> DecisionRequest:
+    """A DecisionRequest from a request validated by `schemas.policy.CaseRequestSchema`."""
+    claim = data.get("exception")
+    return DecisionRequest(**{**data, "exception": StatutoryException(**claim) if claim else None})
+
+
+def facts_from(data: Mapping[str, Any]) -> Facts:
+    """Facts from facts validated by `schemas.policy.CaseFactsSchema`."""
+    sets = ("recipients", "categories", "purposes")
     consents = tuple(
-        ConsentFact(**{k: frozenset(v) if k in ("recipients", "categories", "purposes") else v for k, v in c.items()})
-        for c in facts.pop("consents", ())
+        ConsentFact(**{**c, **{k: frozenset(c[k]) for k in sets}}) for c in data.get("consents", ())
     )
-    now = item.get("now") or default_now
-    assert now is not None  # noqa: S101 — the schema requires a clock per case or per file
-    return Case(
-        name=item["name"],
-        file=file,
-        flow=item["flow"],
-        statute=item["statute"],
-        now=now,
-        request=DecisionRequest(**request),
-        facts=Facts(
-            relationships=frozenset(facts.pop("relationships", ())), consents=consents, **facts
-        ),
-        expect=item["expect"],
-    )
+    flags = {k: data[k] for k in ("person_is_minor", "has_legal_representative") if k in data}
+    return Facts(relationships=frozenset(data.get("relationships", ())), consents=consents, **flags)

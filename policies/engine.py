@@ -1,10 +1,10 @@
-"""The decision: may this requester have this category of the person's records for this purpose, on what basis,
-and which fields?
+"""The decision: may this requester have this category of the person's records for this purpose, on what
+basis, and which fields?
 
-Pure (DESIGN.md invariant 5): no I/O and no clock — `now` is given. Deny by default; a matching forbid beats any
-permit; any error inside evaluation is a deny with reason `engine_error` (Cedar's documented semantics). A consent
-is a basis only for a rule whose basis admits consent, so a consent can never open a flow the policy does not list
-(flows.md: "Everything not in this table is denied").
+Pure (DESIGN.md invariant 5): no I/O and no clock — `now` is given. Deny by default; a matching forbid beats
+any permit; any error inside evaluation is a deny with reason `engine_error` (Cedar's documented semantics).
+A consent is a basis only for a rule whose basis admits consent, so a consent can never open a flow the policy
+does not list (flows.md: "Everything not in this table is denied").
 """
 
 from __future__ import annotations
@@ -16,13 +16,22 @@ from datetime import datetime
 from typing import NamedTuple
 
 from policies.loader import ExceptionGround, Policy, Rule
-from policies.model import Basis, BasisKind, ConsentFact, Decision, DecisionRequest, Facts, Reason
+from policies.model import (
+    Basis,
+    BasisKind,
+    ConsentFact,
+    Decision,
+    DecisionRequest,
+    Facts,
+    Reason,
+    StatutoryException,
+)
 
 NO_RULE = "-"  # the rule id of reasons that concern no single rule
 # flows.md: an asserted exception is logged as such and put on the DPO's review list; the person is told.
 EXCEPTION_OBLIGATIONS = ("dpo_review", "notify_person")
-# When several permits apply the sturdiest basis wins: a statute outlives a withdrawal, and an asserted exception
-# must stay visible to review even when a consent would also have served.
+# When several permits apply the sturdiest basis wins: a statute outlives a withdrawal, and an asserted
+# exception must stay visible to review even when a consent would also have served.
 _RANK: dict[BasisKind, int] = {"statute": 0, "exception": 1, "consent": 2}
 # Representatives' mandates that cover consenting for an adult (a guardian or attorney for personal matters);
 # a custodian consents only for a minor, a relative never (flows.md, "Consent, as the law shapes it").
@@ -41,7 +50,7 @@ def decide(request: DecisionRequest, facts: Facts, policy: Policy, now: datetime
         return Decision("deny", None, (), (), (reason,), version)
 
 
-# --- consents, indexed once per Facts ---------------------------------------------------------------------------
+# --- consents, indexed once per Facts -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +63,9 @@ _INDEXES: dict[int, tuple[weakref.ref[Facts], ConsentIndex]] = {}
 
 
 def index_facts(facts: Facts) -> ConsentIndex:
-    """The person's consents by (recipient, category), so that a decision looks at the few consents that can
-    matter, not at all of them. Cached per Facts object by identity: hashing a Facts would walk every consent."""
+    """The person's consents by (recipient, category), so that a decision looks at the few consents that
+    can matter, not at all of them. Cached per Facts object by identity: hashing a Facts would walk every
+    consent."""
     key = id(facts)
     cached = _INDEXES.get(key)
     if cached is not None and cached[0]() is facts:
@@ -76,7 +86,7 @@ def index_facts(facts: Facts) -> ConsentIndex:
     return index
 
 
-# --- evaluation -------------------------------------------------------------------------------------------------
+# --- evaluation -----------------------------------------------------------------------------------------
 
 
 class _Permit(NamedTuple):
@@ -102,11 +112,11 @@ def _decide(request: DecisionRequest, facts: Facts, policy: Policy, now: datetim
         reasons.append(reason)
         if permit is not None:
             permits.append(permit)
-    if any(r.code == "forbidden" for r in reasons) or not permits:
-        if not permits:
-            reasons.append(Reason(NO_RULE, False, "no_rule",
-                                  f"no rule permits {request.category} for {request.purpose} "
-                                  f"to {request.requester_org_type}/{request.requester_role}"))
+    forbidden = any(r.code == "forbidden" for r in reasons)
+    if not permits and not forbidden:
+        detail = f"no rule gives {request.category} for {request.purpose} to {request.requester_org_type}"
+        reasons.append(Reason(NO_RULE, False, "no_rule", detail))
+    if forbidden or not permits:
         return Decision("deny", None, (), (), tuple(reasons), policy.version)
 
     best = min(permits, key=lambda p: p.order)
@@ -114,7 +124,12 @@ def _decide(request: DecisionRequest, facts: Facts, policy: Policy, now: datetim
     if best.basis.kind == "exception":
         obligations += tuple(o for o in EXCEPTION_OBLIGATIONS if o not in obligations)
     return Decision(
-        "permit", best.basis, best.rule.fields[request.category], obligations, tuple(reasons), policy.version,
+        "permit",
+        best.basis,
+        best.rule.fields[request.category],
+        obligations,
+        tuple(reasons),
+        policy.version,
         extra=best.extra,
     )
 
@@ -126,38 +141,46 @@ def _evaluate(
     if mismatch is not None:
         return Reason(rule.id, False, *mismatch), None
     if rule.effect == "forbid":
-        return Reason(rule.id, True, "forbidden", f"never to {request.requester_org_type} ({rule.secrecy_ground})"), None
-
-    def permit(kind: BasisKind, detail: str, consent: ConsentFact | None = None, ground: ExceptionGround | None = None,
-               extra: dict[str, object] | None = None) -> tuple[Reason, _Permit]:
-        basis = Basis(
-            kind=kind,
-            rule_id=rule.id,
-            reference=ground.reference if ground else rule.secrecy_ground,
-            lawful_basis=rule.lawful_basis,
-            consent_id=consent.consent_id if consent else None,
-            consent_version=consent.version if consent else None,
-            exception_ground=ground.id if ground else None,
-        )
-        recency = (-consent.valid_from.timestamp(), consent.consent_id) if consent else (0.0, "")
-        order = (_RANK[kind], *recency, rule.order)
-        return Reason(rule.id, True, "permit", detail), _Permit(order, rule, basis, extra or {})
+        detail = f"never to {request.requester_org_type} ({rule.secrecy_ground})"
+        return Reason(rule.id, True, "forbidden", detail), None
 
     if rule.basis == "statute":
-        return permit("statute", rule.secrecy_ground)
+        return _permit(rule, "statute", rule.secrecy_ground)
+    exception_failure: tuple[str, str] | None = None
     if rule.basis == "consent_or_exception" and request.exception is not None:
-        ground = _exception(rule, request, facts, policy)
+        ground = _exception(rule, request.exception, facts, policy)
         if isinstance(ground, ExceptionGround):
-            return permit("exception", f"exception {ground.id} ({ground.reference})", ground=ground)
-        exception_failure: tuple[str, str] | None = ground
-    else:
-        exception_failure = None
+            return _permit(rule, "exception", f"exception {ground.id} ({ground.reference})", ground=ground)
+        exception_failure = ground
     found = _consent(rule, request, facts, policy, now)
     if isinstance(found, _Failure):
         code, detail = exception_failure or (found.code, found.detail)
         return Reason(rule.id, False, code, detail), None
     consent, extra = found
-    return permit("consent", f"consent {consent.consent_id} v{consent.version}", consent=consent, extra=extra)
+    return _permit(rule, "consent", f"consent {consent.consent_id} v{consent.version}", consent, extra=extra)
+
+
+def _permit(
+    rule: Rule,
+    kind: BasisKind,
+    detail: str,
+    consent: ConsentFact | None = None,
+    ground: ExceptionGround | None = None,
+    extra: dict[str, object] | None = None,
+) -> tuple[Reason, _Permit]:
+    basis = Basis(
+        kind=kind,
+        rule_id=rule.id,
+        # An asserted exception lifts secrecy by its own section; otherwise the rule's ground does.
+        reference=ground.reference if ground else rule.secrecy_ground,
+        lawful_basis=rule.lawful_basis,
+        consent_id=consent.consent_id if consent else None,
+        consent_version=consent.version if consent else None,
+        exception_ground=ground.id if ground else None,
+    )
+    recency = (-consent.valid_from.timestamp(), consent.consent_id) if consent else (0.0, "")
+    order = (_RANK[kind], *recency, rule.order)
+    return Reason(rule.id, True, "permit", detail), _Permit(order, rule, basis, extra or {})
 
 
 def _mismatch(rule: Rule, request: DecisionRequest, facts: Facts, policy: Policy) -> tuple[str, str] | None:
@@ -172,13 +195,16 @@ def _mismatch(rule: Rule, request: DecisionRequest, facts: Facts, policy: Policy
     if request.source_org_type is not None and request.source_org_type not in rule.source_org_types:
         return "wrong_source", f"not for records from {request.source_org_type}"
     if rule.relationship_required and request.requester_org not in facts.relationships:
-        return "no_relationship", f"{request.requester_org} has no active service relationship with the person"
+        return (
+            "no_relationship",
+            f"{request.requester_org} has no active service relationship with the person",
+        )
     return None
 
 
-def _exception(rule: Rule, request: DecisionRequest, facts: Facts, policy: Policy) -> ExceptionGround | tuple[str, str]:
-    claim = request.exception
-    assert claim is not None  # noqa: S101 — the caller checked
+def _exception(
+    rule: Rule, claim: StatutoryException, facts: Facts, policy: Policy
+) -> ExceptionGround | tuple[str, str]:
     if claim.ground not in rule.exceptions:
         return "exception_not_listed", f"the exception {claim.ground} does not apply to this flow"
     ground = policy.exceptions[claim.ground]
@@ -215,14 +241,18 @@ def _consent(
         return failure
     if rule.minor_needs_custodian and facts.person_is_minor:
         own = [c for c in valid if c.given_by == "person"]
-        custodians = [c for c in valid if c.given_by == "representative"]  # for a minor only custodians are valid
+        custodians = [
+            c for c in valid if c.given_by == "representative"
+        ]  # for a minor only custodians are valid
         if not own:
             return _Failure(8, "minor_consent_missing", "the young person's own consent is needed too")
         if not custodians:
             return _Failure(8, "custodian_consent_missing", "a minor's custodian must consent too")
         custodian = _latest(custodians)
-        return _latest(own), {"custodian_consent_id": custodian.consent_id,
-                              "custodian_consent_version": custodian.version}
+        return _latest(own), {
+            "custodian_consent_id": custodian.consent_id,
+            "custodian_consent_version": custodian.version,
+        }
     return _latest(valid), {}
 
 
@@ -242,7 +272,9 @@ def _consent_problem(
         return _Failure(2, "consent_not_yet_valid", f"consent {cid} is not valid yet")
     if consent.bound_to_org is not None and consent.bound_to_org not in facts.relationships:
         # A case-bound consent ends with the service relationship it was given for.
-        return _Failure(3, "consent_relationship_ended", f"consent {cid} ended with {consent.bound_to_org}'s service")
+        return _Failure(
+            3, "consent_relationship_ended", f"consent {cid} ended with {consent.bound_to_org}'s service"
+        )
     if explicit and not consent.explicit:
         return _Failure(4, "consent_not_explicit", f"{request.category} needs explicit consent")
     if written and not consent.written:

@@ -1,4 +1,5 @@
-"""The policy package's one error. Raised only while loading or checking policy files — `decide` never raises."""
+"""The policy package's one error. Raised only while loading or checking policy files; `decide` never
+raises."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ from typing import ClassVar
 
 
 class PolicyError(Exception):
-    """A policy, vocabulary or decision-table file is invalid. Each line of the message names the file, the rule
-    (or case) and the field, e.g. ``policies/rules/health.yaml: rule F7: fields.work_assessment: unknown field
-    'diagnosis'``; `errors` holds the lines one by one."""
+    """A policy, vocabulary or decision-table file is invalid. Each line of the message names the file, the
+    rule (or case) and the field, e.g. ``policies/rules/health.yaml: rule F7: fields.work_assessment: unknown
+    field 'diagnosis'``; `errors` holds the lines one by one."""
 
     code: ClassVar[str] = "invalid_policy"
 

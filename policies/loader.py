@@ -1,15 +1,16 @@
 """Loading the policy: the YAML files in `policies/rules/` become one validated, indexed, immutable `Policy`.
 
-`vocabulary.yaml` names the org types (with their roles), categories (with their fields), purposes, statutory
-exceptions and obligations; every other `*.yaml` file holds rules. The version is a hash of the exact files, and
-the files' text is kept so that the text behind any decision can be stored beside it (DESIGN.md invariant 1).
+`vocabulary.yaml` names the org types (with their roles), categories (with their fields), purposes,
+statutory exceptions and obligations; every other `*.yaml` file holds rules. The version is a hash of the
+exact files, and the files' text is kept so that the text behind any decision can be stored beside it
+(DESIGN.md invariant 1).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -125,7 +126,9 @@ def load_policy(directory: str | Path | None = None) -> Policy:
         shown = display_path(path)
         for data in load_rule_file(texts[path.name][1], shown, vocabulary)["rules"]:
             if data["id"] in seen:
-                raise PolicyError(f"{shown}: rule {data['id']}: id: duplicate rule id (also in {seen[data['id']]})")
+                raise PolicyError(
+                    f"{shown}: rule {data['id']}: id: duplicate rule id (also in {seen[data['id']]})"
+                )
             seen[data["id"]] = shown
             rules.append(_compile(data, vocabulary, shown, len(rules)))
 
@@ -146,7 +149,10 @@ def load_policy(directory: str | Path | None = None) -> Policy:
         obligations=MappingProxyType(dict(vocabulary["obligations"])),
         org_roles=MappingProxyType({k: frozenset(v["roles"]) for k, v in vocabulary["org_types"].items()}),
         category_info=MappingProxyType(
-            {k: Category(k, v["special"], tuple(v["field_names"])) for k, v in vocabulary["categories"].items()}
+            {
+                k: Category(k, v["special"], tuple(v["field_names"]))
+                for k, v in vocabulary["categories"].items()
+            }
         ),
         index=MappingProxyType({key: tuple(found) for key, found in index.items()}),
         by_id=MappingProxyType({rule.id: rule for rule in rules}),
@@ -180,7 +186,7 @@ def _version(raw: Mapping[str, bytes]) -> str:
 
 
 def _compile(data: Mapping[str, Any], vocabulary: Mapping[str, Any], file: str, order: int) -> Rule:
-    def names(value: str | list[str] | None, everything: Mapping[str, Any] | list[str]) -> frozenset[str]:
+    def names(value: str | list[str] | None, everything: Iterable[str]) -> frozenset[str]:
         return frozenset(everything) if value == ANY else frozenset(value or ())
 
     consent = data.get("consent") or {}

@@ -15,7 +15,8 @@ BasisKind = Literal["statute", "consent", "exception"]
 
 @dataclass(frozen=True)
 class StatutoryException:
-    """A statutory exception the requester asserts (issue #3): `ground` is one of the policy's exception ids."""
+    """A statutory exception the requester asserts (issue #3): `ground` is one of the policy's exception
+    ids."""
 
     ground: str
     justification: str
@@ -29,8 +30,8 @@ class DecisionRequest:
     person_id: str
     category: str
     purpose: str
-    # The organisation that deposited the record asked for. None asks "would any source be permitted" (a dry run
-    # when the person has no record of the category yet).
+    # The organisation that deposited the record asked for. None asks "would any source be permitted" (a
+    # dry run when the person has no record of the category yet).
     source_org: str | None = None
     source_org_type: str | None = None
     exception: StatutoryException | None = None
@@ -51,7 +52,8 @@ class ConsentFact:
     # A case-bound consent ends when this organisation's service relationship with the person ends.
     bound_to_org: str | None = None
     given_by: str = "person"  # "person" | "representative"
-    mandate: str | None = None  # representative's mandate: "custodian" | "guardian_personal" | "continuing_poa_personal" | …
+    # The representative's mandate: "custodian" | "guardian_personal" | "continuing_poa_personal" | …
+    mandate: str | None = None
     withdrawn_at: datetime | None = None
     requester_org: str | None = None
 

@@ -1,13 +1,15 @@
 """Schemas of the policy files: the vocabulary (`policies/rules/vocabulary.yaml`), the rule files
 (`policies/rules/*.yaml`) and the decision tables (`policies/cases/*.yaml`).
 
-All strict (`unknown = RAISE`). A rule file is also checked against the vocabulary: every org type, role, category,
-field, purpose, exception and obligation a rule names must be defined there, so that a typo cannot silently widen
-or narrow a flow. `load_*` return plain validated dicts or raise `PolicyError` naming file, rule and field.
+All strict (`unknown = RAISE`). A rule file is also checked against the vocabulary: every org type, role,
+category, field, purpose, exception and obligation a rule names must be defined there, so that a typo cannot
+silently widen or narrow a flow. `load_*` return plain validated dicts or raise `PolicyError` naming file,
+rule and field.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -21,9 +23,7 @@ TEXT = validate.Length(min=1)
 
 
 def _unique(values: list[Any]) -> None:
-    seen: set[Any] = set()
-    duplicates = sorted({v for v in values if v in seen or seen.add(v)})
-    if duplicates:
+    if duplicates := sorted(v for v, n in Counter(values).items() if n > 1):
         raise ValidationError(f"duplicates: {', '.join(map(str, duplicates))}")
 
 
@@ -58,7 +58,7 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
-# --- vocabulary ------------------------------------------------------------------------------------------------
+# --- vocabulary -----------------------------------------------------------------------------------------
 
 
 class OrgTypeSchema(StrictSchema):
@@ -85,11 +85,15 @@ class VocabularySchema(StrictSchema):
         keys=fields.String(validate=NAME), values=fields.Nested(CategorySchema), required=True, validate=TEXT
     )
     purposes = _names(required=True)
-    exceptions = fields.Dict(keys=fields.String(validate=NAME), values=fields.Nested(ExceptionSchema), load_default=dict)
-    obligations = fields.Dict(keys=fields.String(validate=NAME), values=fields.String(validate=TEXT), load_default=dict)
+    exceptions = fields.Dict(
+        keys=fields.String(validate=NAME), values=fields.Nested(ExceptionSchema), load_default=dict
+    )
+    obligations = fields.Dict(
+        keys=fields.String(validate=NAME), values=fields.String(validate=TEXT), load_default=dict
+    )
 
 
-# --- rules -----------------------------------------------------------------------------------------------------
+# --- rules ----------------------------------------------------------------------------------------------
 
 
 class ConsentRequirementSchema(StrictSchema):
@@ -105,11 +109,21 @@ class ExplanationSchema(StrictSchema):
     en = fields.String(required=True, validate=TEXT)
 
 
-_PERMIT_ONLY = ("basis", "lawful_basis", "fields", "relationship_required", "consent", "exceptions", "obligations")
+_PERMIT_ONLY = (
+    "basis",
+    "lawful_basis",
+    "fields",
+    "relationship_required",
+    "consent",
+    "exceptions",
+    "obligations",
+)
 
 
 class RuleSchema(StrictSchema):
-    id = fields.String(required=True, validate=validate.Regexp(r"^F\d+[a-z]?$", error="not a flow id: {input}"))
+    id = fields.String(
+        required=True, validate=validate.Regexp(r"^F\d+[a-z]?$", error="not a flow id: {input}")
+    )
     effect = fields.String(required=True, validate=validate.OneOf(["permit", "forbid"]))
     requester_org_types = NamesOrAny(required=True)
     requester_roles = _names()
@@ -160,7 +174,11 @@ class RuleFileSchema(StrictSchema):
 
     @validates_schema
     def check_references(self, data: dict[str, Any], **kwargs: Any) -> None:
-        errors = {i: e for i, rule in enumerate(data["rules"]) if (e := rule_reference_errors(rule, self.vocabulary))}
+        errors = {
+            i: e
+            for i, rule in enumerate(data["rules"])
+            if (e := rule_reference_errors(rule, self.vocabulary))
+        }
         if errors:
             raise ValidationError({"rules": errors})
 
@@ -202,7 +220,7 @@ def rule_reference_errors(rule: Mapping[str, Any], vocabulary: Mapping[str, Any]
     return errors
 
 
-# --- decision tables -------------------------------------------------------------------------------------------
+# --- decision tables ------------------------------------------------------------------------------------
 
 
 class ExceptionClaimSchema(StrictSchema):
@@ -265,6 +283,14 @@ class ExpectationSchema(StrictSchema):
             raise ValidationError({k: ["a deny has none"] for k in extra})
 
 
+class EvaluationSchema(StrictSchema):
+    """`broker policy eval`: one request, the facts and the clock, in the decision tables' form."""
+
+    request = fields.Nested(CaseRequestSchema, required=True)
+    facts = fields.Nested(CaseFactsSchema, load_default=None)
+    now = fields.AwareDateTime(required=True)
+
+
 class CaseSchema(StrictSchema):
     name = fields.String(required=True, validate=TEXT)
     flow = fields.String(required=True, validate=TEXT)
@@ -278,16 +304,22 @@ class CaseSchema(StrictSchema):
 class CaseFileSchema(StrictSchema):
     description = fields.String(validate=TEXT)
     now = fields.AwareDateTime()  # the default clock for the file's cases
+    templates = fields.Dict(keys=fields.String())  # YAML anchors the cases refer to; not read otherwise
     cases = fields.List(fields.Nested(CaseSchema), required=True, validate=TEXT)
 
     @validates_schema
     def check_clock(self, data: dict[str, Any], **kwargs: Any) -> None:
-        if "now" not in data and (missing := {i: {"now": ["required (no file default)"]}
-                                             for i, c in enumerate(data["cases"]) if "now" not in c}):
+        if "now" not in data and (
+            missing := {
+                i: {"now": ["required (no file default)"]}
+                for i, c in enumerate(data["cases"])
+                if "now" not in c
+            }
+        ):
             raise ValidationError({"cases": missing})
 
 
-# --- loading with errors that name file, rule and field --------------------------------------------------------
+# --- loading with errors that name file, rule and field -------------------------------------------------
 
 
 def load_vocabulary(data: object, file: str) -> dict[str, Any]:
@@ -302,16 +334,24 @@ def load_case_file(data: object, file: str) -> dict[str, Any]:
     return _load(CaseFileSchema(), data, file, items="cases", label="case", key="name")
 
 
-def _load(schema: Schema, data: object, file: str, items: str = "", label: str = "", key: str = "") -> dict[str, Any]:
+def _load(
+    schema: Schema, data: object, file: str, items: str = "", label: str = "", key: str = ""
+) -> dict[str, Any]:
     try:
         loaded: dict[str, Any] = schema.load(data)  # type: ignore[arg-type]  # checked by the schema itself
     except ValidationError as error:
-        raise PolicyError([_line(file, path, message, data, items, label, key) for path, message in
-                           _flatten(error.messages)]) from None
+        raise PolicyError(
+            [
+                _line(file, path, message, data, items, label, key)
+                for path, message in _flatten(error.messages)
+            ]
+        ) from None
     return loaded
 
 
-def _flatten(messages: object, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
+def _flatten(
+    messages: object, path: tuple[str | int, ...] = ()
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
     if isinstance(messages, dict):
         for k, v in messages.items():
             # "_schema" is the object itself; "value" is marshmallow's wrapper around a Dict entry's errors.
@@ -323,7 +363,9 @@ def _flatten(messages: object, path: tuple[str | int, ...] = ()) -> Iterator[tup
         yield path, str(messages)
 
 
-def _line(file: str, path: tuple[str | int, ...], message: str, data: object, items: str, label: str, key: str) -> str:
+def _line(
+    file: str, path: tuple[str | int, ...], message: str, data: object, items: str, label: str, key: str
+) -> str:
     parts = [file]
     if items and len(path) >= 2 and path[0] == items and isinstance(path[1], int):
         index, path = path[1], path[2:]

@@ -25,7 +25,7 @@ from sqlalchemy import (
     String,
     Text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 ID = String(40)
 
@@ -246,6 +246,7 @@ class AuditEntryRow(Base):
     event: Mapped[str] = mapped_column(String(40))
     person_id: Mapped[str | None] = mapped_column(ID, index=True)
     organisation: Mapped[str | None] = mapped_column(ID)
+    actor: Mapped[AuditActorRow | None] = relationship(lazy="raise")
 
 
 class AuditActorRow(Base):

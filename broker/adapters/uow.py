@@ -34,7 +34,8 @@ class UnitOfWork:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
-            self.session.rollback()  # a no-op after commit; discards everything otherwise
+            # close() rolls back whatever was not committed and detaches the loaded rows without expiring
+            # them, so values read in a read-only unit of work stay usable after it.
             self.session.close()
         finally:
             assert self._lock is not None

@@ -3,21 +3,22 @@
 Pure functions over the assertion text, the partner's registered keys and `now`: no database, no Flask.
 Validation happens in two steps because the partner (and so its keys) is only known from the assertion:
 
-1. `read_assertion` — size limit, structure, header allow-list, claims as a JSON object. Nothing is trusted yet.
-2. `verify_assertion` — the signature with the partner's pinned algorithm and registered key, then the claims
-   against the injected clock.
+1. `read_assertion` — size limit, structure, header allow-list, claims as a JSON object. Nothing is
+   trusted yet.
+2. `verify_assertion` — the signature with the partner's pinned algorithm and registered key, then the
+   claims against the injected clock.
 
 Why the token endpoint is written on joserfc directly rather than through Authlib's
-`JWTBearerClientAssertion`: that class decodes with joserfc's default registry (algorithm not pinned), validates
-time with the real clock, accepts `aud` arrays, has no lifetime cap and a check-then-set `jti` (PITFALLS.md).
-Overriding every one of those leaves nothing of the class but its name.
+`JWTBearerClientAssertion`: that class decodes with joserfc's default registry (algorithm not pinned),
+validates time with the real clock, accepts `aud` arrays, has no lifetime cap and a check-then-set `jti`
+(PITFALLS.md). Overriding every one of those leaves nothing of the class but its name.
 
-EdDSA and Ed25519: RFC 9864 deprecates the polymorphic name "EdDSA"; for an Ed25519 key it means exactly the
-fully-specified "Ed25519" (same signing input, same signature). A partner registered with "Ed25519" must use that
-name; a partner registered with "EdDSA" may use either. Both are verified with joserfc's Ed25519 algorithm, so
-joserfc's deprecated EdDSA model — and its SecurityWarning — is never reached. (Suppressing the warning with
-`warnings.catch_warnings()` would swap the process-wide filter list, which is not thread-safe before Python 3.14:
-concurrent token requests could restore each other's filters.)
+EdDSA and Ed25519: RFC 9864 deprecates the polymorphic name "EdDSA"; for an Ed25519 key it means exactly
+the fully-specified "Ed25519" (same signing input, same signature). A partner registered with "Ed25519" must
+use that name; a partner registered with "EdDSA" may use either. Both are verified with joserfc's Ed25519
+algorithm, so joserfc's deprecated EdDSA model — and its SecurityWarning — is never reached. (Suppressing the
+warning with `warnings.catch_warnings()` would swap the process-wide filter list, which is not thread-safe
+before Python 3.14: concurrent token requests could restore each other's filters.)
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ PINNED_ALGORITHMS: dict[str, _PinnedAlgorithm] = {
 }
 SIGNING_ALGORITHMS: tuple[str, ...] = ("EdDSA", "Ed25519", "ES256")
 
-# Header parameters an assertion may carry. Everything else is refused — above all the ones that would carry or
-# point at a key (`jwk`, `jku`, `x5u`, `x5c`: CVE-2026-27962), `crit`, and `b64` (RFC 7797 unencoded payloads).
+# Header parameters an assertion may carry. Everything else is refused — above all the ones that would carry
+# or point at a key (`jwk`, `jku`, `x5u`, `x5c`: CVE-2026-27962), `crit`, and `b64` (RFC 7797 unencoded
+# payloads).
 _ALLOWED_HEADER = frozenset({"alg", "kid", "typ"})
 _KEY_BEARING_HEADER = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256"})
 # `typ` is optional; when present it must name a JWT (RFC 7519 §5.1) or a client assertion
@@ -133,7 +135,8 @@ def _check_header(header: dict[str, Any]) -> None:
     key_bearing = sorted(_KEY_BEARING_HEADER & header.keys())
     if key_bearing:
         raise InvalidClientError(
-            f"Header parameter {key_bearing[0]!r} is not accepted: the key is always the partner's registered key."
+            f"Header parameter {key_bearing[0]!r} is not accepted: "
+            "the key is always the partner's registered key."
         )
     unknown = sorted(header.keys() - _ALLOWED_HEADER)
     if unknown:
@@ -216,7 +219,9 @@ def _registered_key(jwks: dict[str, Any], kid: str | None, pinned: _PinnedAlgori
     elif len(keys) == 1 and isinstance(keys[0], dict):
         data = keys[0]
     else:
-        raise InvalidClientError("This client has several registered keys: the assertion must name one by 'kid'.")
+        raise InvalidClientError(
+            "This client has several registered keys: the assertion must name one by 'kid'."
+        )
     if data.get("kty") != pinned.kty or data.get("crv") != pinned.crv:
         raise InvalidClientError("The registered key does not fit the client's registered algorithm.")
     if data.get("use", "sig") != "sig" or "verify" not in data.get("key_ops", ["verify"]):
@@ -275,7 +280,8 @@ def _verify_times(claims: dict[str, Any], *, now: datetime, max_lifetime: int, s
         raise InvalidClientError("The client assertion has expired ('exp').")
     if exp > current + max_lifetime:
         raise InvalidClientError(
-            f"The assertion's 'exp' is more than {max_lifetime} seconds ahead: client assertions must be short-lived."
+            f"The assertion's 'exp' is more than {max_lifetime} seconds ahead: "
+            "client assertions must be short-lived."
         )
     if iat > current + skew:
         raise InvalidClientError("The assertion's 'iat' is in the future.")
@@ -287,20 +293,25 @@ def _verify_times(claims: dict[str, Any], *, now: datetime, max_lifetime: int, s
 def read_actor(claims: dict[str, Any]) -> tuple[str, str]:
     """The acting professional from the `act` claim (RFC 8693 §4.1): `{"sub": staff id, "role": role}`.
 
-    Whether the role is allowed for the partner's organisation type is the policy's question (see tokens.py)."""
+    Whether the role is allowed for the partner's organisation type is the policy's question (tokens.py)."""
     act = claims.get("act")
     if act is None:
         raise InvalidRequestError(
-            'The client assertion must carry the acting professional: "act": {"sub": <staff id>, "role": <role>}.'
+            "The client assertion must carry the acting professional: "
+            '"act": {"sub": <staff id>, "role": <role>}.'
         )
     if not isinstance(act, dict):
         raise InvalidRequestError("The assertion's 'act' claim must be a JSON object.")
     extra = sorted(act.keys() - _ACT_MEMBERS)
     if extra:
-        raise InvalidRequestError(f"The assertion's 'act' claim may hold only 'sub' and 'role', not {extra[0]!r}.")
+        raise InvalidRequestError(
+            f"The assertion's 'act' claim may hold only 'sub' and 'role', not {extra[0]!r}."
+        )
     sub, role = act.get("sub"), act.get("role")
     if not isinstance(sub, str) or not sub.strip():
-        raise InvalidRequestError("'act.sub' (the staff id of the acting professional) must be a non-empty string.")
+        raise InvalidRequestError(
+            "'act.sub' (the staff id of the acting professional) must be a non-empty string."
+        )
     if len(sub) > MAX_ACTOR_ID_LENGTH:
         raise InvalidRequestError(f"'act.sub' is longer than {MAX_ACTOR_ID_LENGTH} characters.")
     if not isinstance(role, str) or not role:

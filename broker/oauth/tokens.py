@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from broker.services import Broker
 
 GRANT_TYPE = "client_credentials"
-TOKEN_PREFIX = "cbat_"
+TOKEN_PREFIX = "cbat_"  # noqa: S105 — the recognisable prefix, not a secret
 # `secrets.token_urlsafe(32)` gives 43 characters of the URL-safe alphabet.
 TOKEN_PATTERN = re.compile(r"cbat_[A-Za-z0-9_-]{43}")
 #: Hex characters of the token hash handed to the audit hook: enough to correlate, never the whole hash.
@@ -153,7 +153,9 @@ def consume_jti(uow: UnitOfWork, *, client_id: str, jti: str, expires_at: dateti
     insert through (PostgreSQL makes the second wait for the first to commit, then fails it; SQLite serialises
     the writers). The row is kept until `expires_at` (= the assertion's exp + the clock-skew allowance)."""
     try:
-        uow.session.execute(insert(AssertionJtiRow).values(client_id=client_id, jti=jti, expires_at=expires_at))
+        uow.session.execute(
+            insert(AssertionJtiRow).values(client_id=client_id, jti=jti, expires_at=expires_at)
+        )
     except IntegrityError as error:
         raise InvalidClientError("This client assertion has already been used ('jti' replay).") from error
 
@@ -161,7 +163,7 @@ def consume_jti(uow: UnitOfWork, *, client_id: str, jti: str, expires_at: dateti
 def resolve_scope(requested: str | None, granted: Iterable[str]) -> tuple[str, ...]:
     """The scopes of a new token: the request's if all were granted, all granted ones if none was asked for.
 
-    A scope the partner lacks is an error, never silently dropped (authlib#320; RFC 6749 §5.2 invalid_scope)."""
+    A scope the partner lacks is an error, never silently dropped (authlib#320; RFC 6749 §5.2)."""
     granted_set = set(granted)
     granted_known = [name for name in SCOPES if name in granted_set]
     if requested is None:
@@ -253,8 +255,8 @@ def revoke_access_token(broker: Broker, credentials: ClientCredentials, *, token
 def purge_expired(broker: Broker) -> tuple[int, int]:
     """Forget used assertion ids and access tokens whose time is over; returns (jtis, tokens) deleted.
 
-    For a periodic job, not the request path: concurrent purges inside token requests would lock the same rows.
-    A `jti` row is only deleted after its `expires_at`, when its assertion can no longer pass the `exp` check."""
+    For a periodic job, not the request path: purges inside concurrent token requests would lock the same
+    rows. A `jti` row is deleted only after its `expires_at`, when its assertion can no longer pass `exp`."""
     now = broker.clock.now()
     with broker.uow() as uow:
         jtis = uow.session.execute(delete(AssertionJtiRow).where(AssertionJtiRow.expires_at < now))

@@ -7,6 +7,8 @@ appends — simple and correct for v1; issue #5 replaces it with a sequencer tha
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -19,6 +21,14 @@ from broker.adapters.uow import UnitOfWork
 from broker.domain.model import Caller
 
 HEAD_ID = 1
+
+
+def payload_digest(payload: object) -> str:
+    """SHA-256 (hex) of a disclosed payload: the JSON with sorted keys, no whitespace, UTF-8. Record content may
+    hold fractions (hours, rates), which the log's own canonical form refuses; this digest only has to be
+    reproducible from the response the recipient received, not be a log entry."""
+    data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
 def _head(uow: UnitOfWork) -> AuditHeadRow:
@@ -84,17 +94,16 @@ def append_entry(
     head.size = frontier.size
     head.frontier = frontier.to_bytes()
     head.root = frontier.root()
-    uow.session.add(
-        AuditEntryRow(
-            idx=index,
-            entry=data,
-            leaf_hash=leaf,
-            logged_at=now,
-            event=event,
-            person_id=person_id,
-            organisation=caller.organisation_id if caller else None,
-        )
+    row = AuditEntryRow(
+        idx=index,
+        entry=data,
+        leaf_hash=leaf,
+        logged_at=now,
+        event=event,
+        person_id=person_id,
+        organisation=caller.organisation_id if caller else None,
     )
     if actor_id and salt:
-        uow.session.add(AuditActorRow(idx=index, actor_id=actor_id, salt=salt))
+        row.actor = AuditActorRow(idx=index, actor_id=actor_id, salt=salt)
+    uow.session.add(row)
     return index

@@ -77,4 +77,5 @@ def store_consent_text(session: Session, text: str, language: str, now: datetime
     if session.get(ConsentTextRow, digest) is None:
         session.add(ConsentTextRow(sha256=digest, version=TEMPLATE_VERSION, language=language, text=text,
                                    created_at=now))
+        session.flush()  # before the consent that references it: the rows have no ORM relationship
     return digest

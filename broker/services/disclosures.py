@@ -8,21 +8,19 @@ log too, and only then reported.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
-from audit import canonical_json
 from broker.adapters.orm import DisclosureRow, RecordRow
 from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
 from broker.domain.errors import InvalidRequestError, NoLegalBasisError, UnknownCategoryError, UnknownPurposeError
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
-from broker.services.audit_log import append_entry
+from broker.services.audit_log import append_entry, payload_digest
 from broker.services.consents import consent_facts
 from broker.services.persons import active_relationship_orgs, is_minor, lock_person, organisation_type
 from broker.services.records import open_record
@@ -131,7 +129,7 @@ def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> di
                 "content": project(row.category, open_record(broker, row), decision.fields),
             })
         fields = sorted({f for item in disclosed for f in item["content"]})
-        payload_sha256 = hashlib.sha256(canonical_json(disclosed)).hexdigest()
+        payload_sha256 = payload_digest(disclosed)
         basis = primary.basis.as_dict() if primary.basis else None
         bases = [d.basis.as_dict() for d in permitted.values() if d.basis]
         index = append_entry(

@@ -8,7 +8,6 @@ logged like any other disclosure.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime
 from typing import Any
@@ -28,7 +27,7 @@ from broker.domain.errors import (
 )
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
-from broker.services.audit_log import append_entry
+from broker.services.audit_log import append_entry, payload_digest
 from broker.services.disclosures import decision_view, load_facts
 from broker.services.persons import organisation_type
 from policies import Decision, DecisionRequest, decide
@@ -88,7 +87,7 @@ def send_notice(broker: Broker, caller: Caller, person_id: str, kind: str, recip
                                   recipient_org=recipient, basis=basis, kek_id=sealed.kek_id,
                                   wrapped_key=sealed.wrapped_key, nonce=sealed.nonce,
                                   ciphertext=sealed.ciphertext, created_at=now, acked_at=None))
-        payload_sha256 = hashlib.sha256(canonical_json(projected)).hexdigest()
+        payload_sha256 = payload_digest(projected)
         index = append_entry(uow, event="notice:send", now=now, caller=caller, person_id=person_id,
                              category=category, purpose=purpose, effect="permit", basis=basis,
                              policy_version=decision.policy_version, fields=sorted(projected),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
+from marshmallow import RAISE
 from flask_smorest import Blueprint
 
 from broker.http.api import current_broker, current_caller
@@ -93,7 +94,7 @@ class Consents(MethodView):
                                        method=body["method"], witness=body["witness"])
 
     @require_scope("consents")
-    @blp.arguments(s.ConsentListQuerySchema, location="query")
+    @blp.arguments(s.ConsentListQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, s.ConsentSchema(many=True))
     @_responses(400, 401, 403, 404)
     def get(self, query: dict[str, Any]) -> list[dict[str, Any]]:
@@ -177,7 +178,7 @@ class Notices(MethodView):
 @blp.route("/inbox")
 class Inbox(MethodView):
     @require_scope("notices")
-    @blp.arguments(s.InboxQuerySchema, location="query")
+    @blp.arguments(s.InboxQuerySchema, location="query", unknown=RAISE)
     @blp.response(200, s.NoticeSchema(many=True))
     @_responses(400, 401, 403)
     def get(self, query: dict[str, Any]) -> list[dict[str, Any]]:
