@@ -7,18 +7,21 @@ import re
 import secrets
 from datetime import UTC, datetime
 
-from flask import Flask, Response, g, render_template, request
+from flask import Flask, Response, current_app, g, render_template, request
 from flask_smorest import Api
 from sqlalchemy import select, text
 
 from broker.adapters.database import Database
 from broker.adapters.keystore import KeyStore
 from broker.adapters.orm import PolicyVersionRow
+from broker.adapters.uow import UnitOfWork
 from broker.config import Settings
 from broker.domain.clock import Clock, SystemClock
 from broker.domain.errors import ConfigurationError
+from broker.domain.model import Caller
 from broker.http.errors import problem, register_error_handlers
 from broker.services import Broker
+from broker.services.audit_log import append_entry
 from policies import Policy, load_policy
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -45,6 +48,14 @@ def record_policy_version(broker: Broker) -> None:
             uow.session.add(PolicyVersionRow(version=broker.policy.version, files=dict(broker.policy.files),
                                              first_loaded_at=broker.clock.now()))
             uow.commit()
+
+
+def _log_token_issue(uow: UnitOfWork, caller: Caller, token_hash_prefix: str) -> None:
+    """Every issued token is logged, in the token's own transaction: who got access, for whom, with which
+    scopes. The token itself never is — only a prefix of its hash, enough for the DPO to match it."""
+    broker: Broker = current_app.extensions["broker"]
+    append_entry(uow, event="token:issue", now=broker.clock.now(), caller=caller,
+                 detail={"token_hash_prefix": token_hash_prefix, "scopes": sorted(caller.scopes)})
 
 
 def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> Flask:
@@ -82,7 +93,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
                                                    "disclosures": "", "notices": ""}}},
     })
     api.register_blueprint(blp)
-    init_oauth(app)
+    init_oauth(app, on_token_issued=_log_token_issue)
     register_error_handlers(app)  # after flask-smorest's, so that every error is a problem document
 
     @app.before_request

@@ -107,6 +107,7 @@ def seed(broker: Broker) -> dict[str, str]:
     from schemas.records.examples import EXAMPLES
 
     register_organisations(broker)
+    now = broker.clock.now()
     ids: dict[str, str] = {}
     for person in PERSONS:
         ids[person.key] = persons.resolve_person(broker, caller(broker, "kisalli"), person.hetu, person.name)

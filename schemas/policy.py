@@ -109,15 +109,10 @@ class ExplanationSchema(StrictSchema):
     en = fields.String(required=True, validate=TEXT)
 
 
-_PERMIT_ONLY = (
-    "basis",
-    "lawful_basis",
-    "fields",
-    "relationship_required",
-    "consent",
-    "exceptions",
-    "obligations",
-)
+# A permit must say on what basis, under which GDPR article, what it discloses and whether a service
+# relationship is needed; a forbid says none of that.
+_PERMIT_REQUIRED = ("basis", "lawful_basis", "fields", "relationship_required")
+_PERMIT_ONLY = (*_PERMIT_REQUIRED, "consent", "exceptions", "obligations")
 
 
 class RuleSchema(StrictSchema):
@@ -150,7 +145,7 @@ class RuleSchema(StrictSchema):
             # A forbid only says who must never receive what; it has no basis and discloses nothing.
             errors |= {k: "not allowed in a forbid" for k in _PERMIT_ONLY if k in present}
         else:
-            errors |= {k: "required for a permit" for k in _PERMIT_ONLY[:4] if k not in present}
+            errors |= {k: "required for a permit" for k in _PERMIT_REQUIRED if k not in present}
             if "except_org_types" in present:
                 errors["except_org_types"] = "only a forbid has exceptions by org type"
             basis = data.get("basis")

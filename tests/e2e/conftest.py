@@ -47,8 +47,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     created = subprocess.run([*BROKER, "demo", "--no-serve", "--port", str(port)], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=180, check=False)
     assert created.returncode == 0, created.stderr
+    log_path = instance.parent / "server.log"
+    log = log_path.open("w")
     server = subprocess.Popen([*BROKER, "serve", "--port", str(port), "--workers", "2"], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -58,7 +60,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             except requests.ConnectionError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the broker did not start: {server.stderr.read() if server.stderr else ''}")
+                raise RuntimeError(f"the broker did not start: {log_path.read_text()}")
             time.sleep(0.1)
         demo = json.loads((instance / "demo.json").read_text())
         yield Served(base_url=base_url, instance=instance, env=env, demo=demo)
@@ -68,3 +70,5 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
+        log.close()

@@ -73,9 +73,8 @@ def test_the_runner_reports_what_differs(tmp_path: Path) -> None:
     (tmp_path / "wrong.yaml").write_text(CASE_FILE, encoding="utf-8")
     [result] = run_cases(POLICY, tmp_path)
     assert not result.passed and result.name == "kela gets more than it should"
-    assert result.problems == (
-        "fields: expected ['interruption_date', 'results_summary'], got ['interruption_date', 'reason_category']",
-    )
+    expected, got = ["interruption_date", "results_summary"], ["interruption_date", "reason_category"]
+    assert result.problems == (f"fields: expected {expected!r}, got {got!r}",)
     assert "wrong.yaml (F6, 380/2023 115 §): fields:" in result.message
 
 
