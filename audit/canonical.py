@@ -48,9 +48,7 @@ def canonical_json(value: object) -> bytes:
         _write(value, out, 0)
         return "".join(out).encode("utf-8")
     except UnicodeEncodeError:
-        raise CanonicalisationError(
-            "strings must be valid Unicode, without lone surrogates (RFC 7493 §2.1)"
-        ) from None
+        raise CanonicalisationError("strings must be valid Unicode, without lone surrogates (RFC 7493 §2.1)") from None
 
 
 def _string(text: str) -> str:

@@ -71,9 +71,7 @@ def verify_log(
     root = frontier.root()
     # compare_digest for habit's sake (STYLE.md): the root is public, but the call costs nothing here.
     if expected_root is not None and not hmac.compare_digest(root, expected_root):
-        raise AuditVerificationError(
-            position, "root_mismatch", "the entries do not hash to the expected root"
-        )
+        raise AuditVerificationError(position, "root_mismatch", "the entries do not hash to the expected root")
     return VerifyResult(position, root)
 
 

@@ -33,20 +33,33 @@ def build_broker(settings: Settings, *, clock: Clock | None = None, policy: Poli
     with fresh keys that cannot open the stored records."""
     create_keys = settings.mode != "production"
     if not create_keys and not settings.keys_path.exists():
-        raise ConfigurationError(f"no key store at {settings.keys_path.name}/ in the instance folder; "
-                                 "run `broker keys init` first")
+        raise ConfigurationError(
+            f"no key store at {settings.keys_path.name}/ in the instance folder; run `broker keys init` first"
+        )
     keys = KeyStore.open(settings.keys_path, create=create_keys)
-    return Broker(settings=settings, db=Database(settings.database_url), keys=keys,
-                  policy=policy or load_policy(), clock=clock or SystemClock())
+    return Broker(
+        settings=settings,
+        db=Database(settings.database_url),
+        keys=keys,
+        policy=policy or load_policy(),
+        clock=clock or SystemClock(),
+    )
 
 
 def record_policy_version(broker: Broker) -> None:
     """Store the running policy's full text once, so every past decision can be re-read with its rules."""
     with broker.uow() as uow:
-        if uow.session.scalars(select(PolicyVersionRow.version)
-                               .where(PolicyVersionRow.version == broker.policy.version)).first() is None:
-            uow.session.add(PolicyVersionRow(version=broker.policy.version, files=dict(broker.policy.files),
-                                             first_loaded_at=broker.clock.now()))
+        if (
+            uow.session.scalars(
+                select(PolicyVersionRow.version).where(PolicyVersionRow.version == broker.policy.version)
+            ).first()
+            is None
+        ):
+            uow.session.add(
+                PolicyVersionRow(
+                    version=broker.policy.version, files=dict(broker.policy.files), first_loaded_at=broker.clock.now()
+                )
+            )
             uow.commit()
 
 
@@ -54,8 +67,13 @@ def _log_token_issue(uow: UnitOfWork, caller: Caller, token_hash_prefix: str) ->
     """Every issued token is logged, in the token's own transaction: who got access, for whom, with which
     scopes. The token itself never is — only a prefix of its hash, enough for the DPO to match it."""
     broker: Broker = current_app.extensions["broker"]
-    append_entry(uow, event="token:issue", now=broker.clock.now(), caller=caller,
-                 detail={"token_hash_prefix": token_hash_prefix, "scopes": sorted(caller.scopes)})
+    append_entry(
+        uow,
+        event="token:issue",
+        now=broker.clock.now(),
+        caller=caller,
+        detail={"token_hash_prefix": token_hash_prefix, "scopes": sorted(caller.scopes)},
+    )
 
 
 def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> Flask:
@@ -72,8 +90,10 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         OPENAPI_URL_PREFIX="/api/v1",
         OPENAPI_JSON_PATH="openapi.json",
         API_SPEC_OPTIONS={
-            "info": {"description": "Consents, policy-checked disclosures and a verifiable log. "
-                                    "Errors are RFC 9457 problem documents with a stable `code`."},
+            "info": {
+                "description": "Consents, policy-checked disclosures and a verifiable log. "
+                "Errors are RFC 9457 problem documents with a stable `code`."
+            },
             "servers": [{"url": settings.issuer}],
             "security": [{"partner": []}],
         },
@@ -85,13 +105,19 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     from broker.oauth import init_oauth
 
     api = Api(app)
-    api.spec.components.security_scheme("partner", {
-        "type": "oauth2",
-        "description": "client_credentials with private_key_jwt (RFC 7523); `aud` = the issuer",
-        "flows": {"clientCredentials": {"tokenUrl": f"{settings.issuer}/oauth/token",
-                                        "scopes": {"persons": "", "consents": "", "records": "",
-                                                   "disclosures": "", "notices": ""}}},
-    })
+    api.spec.components.security_scheme(
+        "partner",
+        {
+            "type": "oauth2",
+            "description": "client_credentials with private_key_jwt (RFC 7523); `aud` = the issuer",
+            "flows": {
+                "clientCredentials": {
+                    "tokenUrl": f"{settings.issuer}/oauth/token",
+                    "scopes": {"persons": "", "consents": "", "records": "", "disclosures": "", "notices": ""},
+                }
+            },
+        },
+    )
     api.register_blueprint(blp)
     init_oauth(app, on_token_issued=_log_token_issue)
     register_error_handlers(app)  # after flask-smorest's, so that every error is a problem document
@@ -134,7 +160,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         html = render_template("api_docs.html", spec=spec, generated_at=datetime.now(UTC))
         response = Response(html, mimetype="text/html")
         response.headers["Content-Security-Policy"] = (
-            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+        )
         return response
 
     return app

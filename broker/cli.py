@@ -65,8 +65,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
     settings = _settings()
     result = rotate_keys(settings, batch_size=args.batch_size)
-    print(f"new key-encryption key {result.kek_id}; re-wrapped {result.records} records, "
-          f"{result.persons} identity codes and {result.notices} notices")
+    print(
+        f"new key-encryption key {result.kek_id}; re-wrapped {result.records} records, "
+        f"{result.persons} identity codes and {result.notices} notices"
+    )
     return 0
 
 
@@ -137,14 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="broker", description="Consent Broker")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, handler: Handler, help_text: str, sub: argparse._SubParsersAction | None = None
-            ) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    def add(
+        name: str, handler: Handler, help_text: str, sub: argparse._SubParsersAction | None = None
+    ) -> argparse.ArgumentParser:  # type: ignore[type-arg]
         command = (sub or commands).add_parser(name, help=help_text, description=help_text)
         command.set_defaults(handler=handler)
         return command
 
-    for name, handler, help_text in (("demo", cmd_demo, "create or refresh the demo instance, then serve it"),
-                                     ("serve", cmd_serve, "serve the broker under gunicorn")):
+    for name, handler, help_text in (
+        ("demo", cmd_demo, "create or refresh the demo instance, then serve it"),
+        ("serve", cmd_serve, "serve the broker under gunicorn"),
+    ):
         command = add(name, handler, help_text)
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8000)
@@ -160,8 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = add("rotate", cmd_keys_rotate, "add a key-encryption key and re-wrap every data key", keys)
     rotate.add_argument("--batch-size", type=int, default=500)
 
-    policy = commands.add_parser("policy", help="policy files").add_subparsers(dest="policy_command",
-                                                                                required=True)
+    policy = commands.add_parser("policy", help="policy files").add_subparsers(dest="policy_command", required=True)
     for name, handler, help_text in (
         ("check", cmd_policy_check, "validate the policy files"),
         ("test", cmd_policy_test, "run the decision tables"),
@@ -189,4 +193,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -64,8 +64,15 @@ PERSONS = (
 
 def caller(broker: Broker, org_id: str) -> Caller:
     org_type, role = next((t, r) for i, t, _, r in ORGANISATIONS if i == org_id)
-    return Caller(partner_id=org_id, organisation_id=org_id, org_type=org_type, actor_id=f"demo-{org_id}-1",
-                  actor_role=role, scopes=frozenset(PARTNER_SCOPES), request_id="demo")
+    return Caller(
+        partner_id=org_id,
+        organisation_id=org_id,
+        org_type=org_type,
+        actor_id=f"demo-{org_id}-1",
+        actor_role=role,
+        scopes=frozenset(PARTNER_SCOPES),
+        request_id="demo",
+    )
 
 
 def _write_private(path: Path, data: str) -> None:
@@ -95,9 +102,18 @@ def register_organisations(broker: Broker) -> None:
         uow.session.flush()
         for org_id, _, name, _ in ORGANISATIONS:
             public = _partner_key(instance, org_id).as_dict(private=False)
-            uow.session.add(PartnerRow(client_id=org_id, organisation_id=org_id, name=f"{name} (case system)",
-                                       jwks={"keys": [public]}, alg="Ed25519", scopes=list(PARTNER_SCOPES),
-                                       active=True, created_at=now))
+            uow.session.add(
+                PartnerRow(
+                    client_id=org_id,
+                    organisation_id=org_id,
+                    name=f"{name} (case system)",
+                    jwks={"keys": [public]},
+                    alg="Ed25519",
+                    scopes=list(PARTNER_SCOPES),
+                    active=True,
+                    created_at=now,
+                )
+            )
         uow.commit()
 
 
@@ -113,8 +129,9 @@ def seed(broker: Broker) -> dict[str, str]:
         ids[person.key] = persons.resolve_person(broker, caller(broker, "kisalli"), person.hetu, person.name)
 
     mikko = ids["mikko"]
-    kisalli, social, employment, health = (caller(broker, o) for o in
-                                           ("kisalli", "varha-social-work", "turku-employment", "varha-health"))
+    kisalli, social, employment, health = (
+        caller(broker, o) for o in ("kisalli", "varha-social-work", "turku-employment", "varha-health")
+    )
     for org in (social, employment, kisalli, health):
         persons.start_relationship(broker, org, mikko)
 
@@ -122,40 +139,67 @@ def seed(broker: Broker) -> dict[str, str]:
     records.deposit_record(broker, employment, mikko, "activation_plan", EXAMPLES["activation_plan"])
     # Social work decides on rehabilitative work activity; Kisälli produces it (189/2001 13 §; 703/2023 14 §).
     records.deposit_record(broker, social, mikko, "activity_decision", EXAMPLES["activity_decision"])
-    disclosures.request_disclosure(broker, kisalli, disclosures.DisclosureAsk(mikko, "activity_decision",
-                                                                              "service_delivery"))
+    disclosures.request_disclosure(
+        broker, kisalli, disclosures.DisclosureAsk(mikko, "activity_decision", "service_delivery")
+    )
     records.deposit_record(broker, kisalli, mikko, "attendance_report", EXAMPLES["attendance_report"])
     # The work assessment goes to the health-centre doctor only with Mikko's explicit consent (703/2023 53 §).
     consents.record_consent(
-        broker, kisalli, mikko,
-        consents.ConsentTerms(recipients=["varha-health"], categories=["work_assessment"],
-                              purposes=["work_capacity_assessment"], valid_until=now + timedelta(days=180),
-                              explicit=True, language="fi"),
-        method="in_person", witness="Työvalmentaja Pekka Salo",
+        broker,
+        kisalli,
+        mikko,
+        consents.ConsentTerms(
+            recipients=["varha-health"],
+            categories=["work_assessment"],
+            purposes=["work_capacity_assessment"],
+            valid_until=now + timedelta(days=180),
+            explicit=True,
+            language="fi",
+        ),
+        method="in_person",
+        witness="Työvalmentaja Pekka Salo",
     )
     records.deposit_record(broker, kisalli, mikko, "work_assessment", EXAMPLES["work_assessment"])
-    disclosures.request_disclosure(broker, health, disclosures.DisclosureAsk(mikko, "work_assessment",
-                                                                             "work_capacity_assessment"))
+    disclosures.request_disclosure(
+        broker, health, disclosures.DisclosureAsk(mikko, "work_assessment", "work_capacity_assessment")
+    )
     # Multi-sector planning among the three authorities (381/2023 15 §).
     records.deposit_record(broker, employment, mikko, "service_need_assessment", EXAMPLES["service_need_assessment"])
-    disclosures.request_disclosure(broker, social, disclosures.DisclosureAsk(mikko, "service_need_assessment",
-                                                                             "multisector_planning"))
+    disclosures.request_disclosure(
+        broker, social, disclosures.DisclosureAsk(mikko, "service_need_assessment", "multisector_planning")
+    )
     # Kisälli asks Mikko to let it see the assessment too (F9b needs consent); he answers in the portal.
-    consents.request_consent(broker, kisalli, mikko, recipients=["kisalli"], categories=["service_need_assessment"],
-                             purposes=["multisector_planning"], valid_days=180,
-                             reason="Jotta voimme suunnitella työtoimintasi yhdessä monialaisen verkoston kanssa.")
+    consents.request_consent(
+        broker,
+        kisalli,
+        mikko,
+        recipients=["kisalli"],
+        categories=["service_need_assessment"],
+        purposes=["multisector_planning"],
+        valid_days=180,
+        reason="Jotta voimme suunnitella työtoimintasi yhdessä monialaisen verkoston kanssa.",
+    )
     # The activity is interrupted; Kisälli tells the social worker (703/2023 14 § and 17 §).
-    notices.send_notice(broker, kisalli, mikko, "interruption_notice", "varha-social-work",
-                        EXAMPLES["interruption_notice"])
+    notices.send_notice(
+        broker, kisalli, mikko, "interruption_notice", "varha-social-work", EXAMPLES["interruption_notice"]
+    )
 
     # Sari once consented and then withdrew it.
     sari = ids["sari"]
     persons.start_relationship(broker, kisalli, sari)
     given = consents.record_consent(
-        broker, kisalli, sari,
-        consents.ConsentTerms(recipients=["varha-health"], categories=["work_assessment"],
-                              purposes=["work_capacity_assessment"], explicit=True, language="fi"),
-        method="paper", witness=None,
+        broker,
+        kisalli,
+        sari,
+        consents.ConsentTerms(
+            recipients=["varha-health"],
+            categories=["work_assessment"],
+            purposes=["work_capacity_assessment"],
+            explicit=True,
+            language="fi",
+        ),
+        method="paper",
+        witness=None,
     )
     consents.withdraw_consent(broker, kisalli, given["consent_id"], reason="Asiakas peruutti puhelimessa.")
     return ids
@@ -172,20 +216,25 @@ def create_demo(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000
     with broker.uow(write=False) as uow:
         seeded = uow.session.get(OrganisationRow, "kisalli") is not None
         existing = dict(uow.session.execute(select(PersonRow.display_name, PersonRow.id)).tuples().all())
-    ids = ({p.key: existing[p.name] for p in PERSONS if p.name in existing} if seeded else seed(broker))
+    ids = {p.key: existing[p.name] for p in PERSONS if p.name in existing} if seeded else seed(broker)
     base_url = f"http://{host}:{port}"
     demo: dict[str, Any] = {
         "base_url": base_url,
         "issuer": settings.issuer,
         "partners": [
-            {"client_id": org_id, "organisation": org_id, "org_type": org_type,
-             "key_file": f"partners/{org_id}.jwk", "alg": "Ed25519", "scopes": list(PARTNER_SCOPES),
-             "roles": sorted(broker.policy.roles_for(org_type)),
-             "actor": {"sub": f"demo-{org_id}-1", "role": role}}
+            {
+                "client_id": org_id,
+                "organisation": org_id,
+                "org_type": org_type,
+                "key_file": f"partners/{org_id}.jwk",
+                "alg": "Ed25519",
+                "scopes": list(PARTNER_SCOPES),
+                "roles": sorted(broker.policy.roles_for(org_type)),
+                "actor": {"sub": f"demo-{org_id}-1", "role": role},
+            }
             for org_id, org_type, _, role in ORGANISATIONS
         ],
-        "persons": [{"person_id": ids[p.key], "hetu": p.hetu, "name": p.name, "login": p.login}
-                    for p in PERSONS],
+        "persons": [{"person_id": ids[p.key], "hetu": p.hetu, "name": p.name, "login": p.login} for p in PERSONS],
     }
     _write_private(instance / "demo.json", json.dumps(demo, indent=2, ensure_ascii=False))
     broker.db.dispose()
@@ -195,7 +244,7 @@ def create_demo(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000
 def _summary(base_url: str, instance: Path, demo: dict[str, Any], *, fresh: bool) -> str:
     mikko = demo["persons"][0]
     return f"""
-Consent Broker demo {'created' if fresh else 'ready (existing instance kept)'} in {instance.name}/
+Consent Broker demo {"created" if fresh else "ready (existing instance kept)"} in {instance.name}/
 
   API docs        {base_url}/api/v1/docs
   OpenAPI         {base_url}/api/v1/openapi.json
@@ -204,7 +253,7 @@ Consent Broker demo {'created' if fresh else 'ready (existing instance kept)'} i
 
 Try it — the health centre asks for Mikko's work assessment (permitted by his consent):
 
-  .venv/bin/python docs/examples/disclose.py varha-health {mikko['person_id']} work_assessment work_capacity_assessment
+  .venv/bin/python docs/examples/disclose.py varha-health {mikko["person_id"]} work_assessment work_capacity_assessment
 
 Verify the log:  BROKER_MODE=demo .venv/bin/broker audit verify
 """

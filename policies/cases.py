@@ -78,8 +78,7 @@ def run_case(policy: Policy, case: Case) -> CaseResult:
     problems = [
         f"{key.rstrip('_')}: expected {wanted!r}, got {actual[key]!r}"
         for key in actual
-        if (wanted := expect.get(key)) is not None
-        and (sorted(wanted) if key == "fields_" else wanted) != actual[key]
+        if (wanted := expect.get(key)) is not None and (sorted(wanted) if key == "fields_" else wanted) != actual[key]
     ]
     codes = [r.code for r in decision.reasons]
     if "reason" in expect and expect["reason"] not in codes:
@@ -102,9 +101,7 @@ def load_cases(directory: str | Path | None = None) -> list[Case]:
                 raise PolicyError(f"{shown}: case {item['name']}: name: duplicate case name")
             now = item.get("now") or data["now"]  # the schema requires one or the other
             request, facts = request_from(item["request"]), facts_from(item["facts"] or {})
-            cases.append(
-                Case(item["name"], shown, item["flow"], item["statute"], now, request, facts, item["expect"])
-            )
+            cases.append(Case(item["name"], shown, item["flow"], item["statute"], now, request, facts, item["expect"]))
     return cases
 
 
@@ -117,8 +114,6 @@ def request_from(data: Mapping[str, Any]) -> DecisionRequest:
 def facts_from(data: Mapping[str, Any]) -> Facts:
     """Facts from facts validated by `schemas.policy.CaseFactsSchema`."""
     sets = ("recipients", "categories", "purposes")
-    consents = tuple(
-        ConsentFact(**{**c, **{k: frozenset(c[k]) for k in sets}}) for c in data.get("consents", ())
-    )
+    consents = tuple(ConsentFact(**{**c, **{k: frozenset(c[k]) for k in sets}}) for c in data.get("consents", ()))
     flags = {k: data[k] for k in ("person_is_minor", "has_legal_representative") if k in data}
     return Facts(relationships=frozenset(data.get("relationships", ())), consents=consents, **flags)

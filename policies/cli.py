@@ -32,8 +32,7 @@ def decision_json(decision: Decision) -> dict[str, Any]:
         "fields": list(decision.fields),
         "obligations": list(decision.obligations),
         "reasons": [
-            {"rule": r.rule_id, "applies": r.applies, "code": r.code, "detail": r.detail}
-            for r in decision.reasons
+            {"rule": r.rule_id, "applies": r.applies, "code": r.code, "detail": r.detail} for r in decision.reasons
         ],
         "policy_version": decision.policy_version,
         "extra": dict(decision.extra),

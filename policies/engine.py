@@ -241,9 +241,7 @@ def _consent(
         return failure
     if rule.minor_needs_custodian and facts.person_is_minor:
         own = [c for c in valid if c.given_by == "person"]
-        custodians = [
-            c for c in valid if c.given_by == "representative"
-        ]  # for a minor only custodians are valid
+        custodians = [c for c in valid if c.given_by == "representative"]  # for a minor only custodians are valid
         if not own:
             return _Failure(8, "minor_consent_missing", "the young person's own consent is needed too")
         if not custodians:
@@ -272,9 +270,7 @@ def _consent_problem(
         return _Failure(2, "consent_not_yet_valid", f"consent {cid} is not valid yet")
     if consent.bound_to_org is not None and consent.bound_to_org not in facts.relationships:
         # A case-bound consent ends with the service relationship it was given for.
-        return _Failure(
-            3, "consent_relationship_ended", f"consent {cid} ended with {consent.bound_to_org}'s service"
-        )
+        return _Failure(3, "consent_relationship_ended", f"consent {cid} ended with {consent.bound_to_org}'s service")
     if explicit and not consent.explicit:
         return _Failure(4, "consent_not_explicit", f"{request.category} needs explicit consent")
     if written and not consent.written:

@@ -126,9 +126,7 @@ def load_policy(directory: str | Path | None = None) -> Policy:
         shown = display_path(path)
         for data in load_rule_file(texts[path.name][1], shown, vocabulary)["rules"]:
             if data["id"] in seen:
-                raise PolicyError(
-                    f"{shown}: rule {data['id']}: id: duplicate rule id (also in {seen[data['id']]})"
-                )
+                raise PolicyError(f"{shown}: rule {data['id']}: id: duplicate rule id (also in {seen[data['id']]})")
             seen[data["id"]] = shown
             rules.append(_compile(data, vocabulary, shown, len(rules)))
 
@@ -143,16 +141,11 @@ def load_policy(directory: str | Path | None = None) -> Policy:
         files=MappingProxyType({name: text for name, (text, _) in texts.items()}),
         rules=tuple(rules),
         purposes=frozenset(vocabulary["purposes"]),
-        exceptions=MappingProxyType(
-            {k: ExceptionGround(id=k, **v) for k, v in vocabulary["exceptions"].items()}
-        ),
+        exceptions=MappingProxyType({k: ExceptionGround(id=k, **v) for k, v in vocabulary["exceptions"].items()}),
         obligations=MappingProxyType(dict(vocabulary["obligations"])),
         org_roles=MappingProxyType({k: frozenset(v["roles"]) for k, v in vocabulary["org_types"].items()}),
         category_info=MappingProxyType(
-            {
-                k: Category(k, v["special"], tuple(v["field_names"]))
-                for k, v in vocabulary["categories"].items()
-            }
+            {k: Category(k, v["special"], tuple(v["field_names"])) for k, v in vocabulary["categories"].items()}
         ),
         index=MappingProxyType({key: tuple(found) for key, found in index.items()}),
         by_id=MappingProxyType({rule.id: rule for rule in rules}),

@@ -88,9 +88,7 @@ class VocabularySchema(StrictSchema):
     exceptions = fields.Dict(
         keys=fields.String(validate=NAME), values=fields.Nested(ExceptionSchema), load_default=dict
     )
-    obligations = fields.Dict(
-        keys=fields.String(validate=NAME), values=fields.String(validate=TEXT), load_default=dict
-    )
+    obligations = fields.Dict(keys=fields.String(validate=NAME), values=fields.String(validate=TEXT), load_default=dict)
 
 
 # --- rules ----------------------------------------------------------------------------------------------
@@ -116,9 +114,7 @@ _PERMIT_ONLY = (*_PERMIT_REQUIRED, "consent", "exceptions", "obligations")
 
 
 class RuleSchema(StrictSchema):
-    id = fields.String(
-        required=True, validate=validate.Regexp(r"^F\d+[a-z]?$", error="not a flow id: {input}")
-    )
+    id = fields.String(required=True, validate=validate.Regexp(r"^F\d+[a-z]?$", error="not a flow id: {input}"))
     effect = fields.String(required=True, validate=validate.OneOf(["permit", "forbid"]))
     requester_org_types = NamesOrAny(required=True)
     requester_roles = _names()
@@ -169,11 +165,7 @@ class RuleFileSchema(StrictSchema):
 
     @validates_schema
     def check_references(self, data: dict[str, Any], **kwargs: Any) -> None:
-        errors = {
-            i: e
-            for i, rule in enumerate(data["rules"])
-            if (e := rule_reference_errors(rule, self.vocabulary))
-        }
+        errors = {i: e for i, rule in enumerate(data["rules"]) if (e := rule_reference_errors(rule, self.vocabulary))}
         if errors:
             raise ValidationError({"rules": errors})
 
@@ -306,9 +298,7 @@ class CaseFileSchema(StrictSchema):
     def check_clock(self, data: dict[str, Any], **kwargs: Any) -> None:
         if "now" not in data and (
             missing := {
-                i: {"now": ["required (no file default)"]}
-                for i, c in enumerate(data["cases"])
-                if "now" not in c
+                i: {"now": ["required (no file default)"]} for i, c in enumerate(data["cases"]) if "now" not in c
             }
         ):
             raise ValidationError({"cases": missing})
@@ -329,24 +319,17 @@ def load_case_file(data: object, file: str) -> dict[str, Any]:
     return _load(CaseFileSchema(), data, file, items="cases", label="case", key="name")
 
 
-def _load(
-    schema: Schema, data: object, file: str, items: str = "", label: str = "", key: str = ""
-) -> dict[str, Any]:
+def _load(schema: Schema, data: object, file: str, items: str = "", label: str = "", key: str = "") -> dict[str, Any]:
     try:
         loaded: dict[str, Any] = schema.load(data)  # type: ignore[arg-type]  # checked by the schema itself
     except ValidationError as error:
         raise PolicyError(
-            [
-                _line(file, path, message, data, items, label, key)
-                for path, message in _flatten(error.messages)
-            ]
+            [_line(file, path, message, data, items, label, key) for path, message in _flatten(error.messages)]
         ) from None
     return loaded
 
 
-def _flatten(
-    messages: object, path: tuple[str | int, ...] = ()
-) -> Iterator[tuple[tuple[str | int, ...], str]]:
+def _flatten(messages: object, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
     if isinstance(messages, dict):
         for k, v in messages.items():
             # "_schema" is the object itself; "value" is marshmallow's wrapper around a Dict entry's errors.
@@ -358,9 +341,7 @@ def _flatten(
         yield path, str(messages)
 
 
-def _line(
-    file: str, path: tuple[str | int, ...], message: str, data: object, items: str, label: str, key: str
-) -> str:
+def _line(file: str, path: tuple[str | int, ...], message: str, data: object, items: str, label: str, key: str) -> str:
     parts = [file]
     if items and len(path) >= 2 and path[0] == items and isinstance(path[1], int):
         index, path = path[1], path[2:]

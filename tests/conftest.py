@@ -21,10 +21,16 @@ from broker.domain.clock import FixedClock
 from tests.support import Env, make_env
 
 POSTGRES_URL = os.environ.get("BROKER_TEST_POSTGRES_URL")
-BACKENDS = ["sqlite", pytest.param("postgres", marks=[
-    pytest.mark.postgres,
-    pytest.mark.skipif(not POSTGRES_URL, reason="BROKER_TEST_POSTGRES_URL not set"),
-])]
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgres",
+        marks=[
+            pytest.mark.postgres,
+            pytest.mark.skipif(not POSTGRES_URL, reason="BROKER_TEST_POSTGRES_URL not set"),
+        ],
+    ),
+]
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +83,9 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(instance_path=tmp_path / "instance", database_url=database_url, issuer="http://broker.test",
-                    mode="test")
+    return Settings(
+        instance_path=tmp_path / "instance", database_url=database_url, issuer="http://broker.test", mode="test"
+    )
 
 
 @pytest.fixture

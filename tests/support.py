@@ -48,12 +48,18 @@ class Env:
         path = self.broker.settings.instance_path / "partners" / f"{org}.jwk"
         return OKPKey.import_key(json.loads(path.read_text()))
 
-    def assertion(self, org: str, *, key: OKPKey | None = None, header: dict[str, Any] | None = None,
-                  **claims: Any) -> str:
+    def assertion(
+        self, org: str, *, key: OKPKey | None = None, header: dict[str, Any] | None = None, **claims: Any
+    ) -> str:
         now = int(self.clock.now().timestamp())
         body: dict[str, Any] = {
-            "iss": org, "sub": org, "aud": self.issuer, "iat": now, "exp": now + 60,
-            "jti": secrets.token_hex(16), "act": {"sub": f"{org}-staff-1", "role": ROLE[org]},
+            "iss": org,
+            "sub": org,
+            "aud": self.issuer,
+            "iat": now,
+            "exp": now + 60,
+            "jti": secrets.token_hex(16),
+            "act": {"sub": f"{org}-staff-1", "role": ROLE[org]},
         }
         body.update(claims)
         body = {k: v for k, v in body.items() if v is not None}
@@ -62,8 +68,11 @@ class Env:
         return jwt.encode(head, body, key, algorithms=[head["alg"]])
 
     def token_response(self, org: str, assertion: str | None = None, **form: str) -> TestResponse:
-        data = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": assertion or self.assertion(org)} | form
+        data = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": assertion or self.assertion(org),
+        } | form
         return self.client.post("/oauth/token", data=data)
 
     def token(self, org: str, role: str | None = None, scope: str | None = None) -> str:
@@ -76,8 +85,9 @@ class Env:
             self._tokens[cache_key] = response.get_json()["access_token"]
         return self._tokens[cache_key]
 
-    def call(self, org: str | None, method: str, path: str, body: Any = None, *, role: str | None = None,
-             **kwargs: Any) -> TestResponse:
+    def call(
+        self, org: str | None, method: str, path: str, body: Any = None, *, role: str | None = None, **kwargs: Any
+    ) -> TestResponse:
         headers = kwargs.pop("headers", {})
         if org is not None:
             headers["Authorization"] = f"Bearer {self.token(org, role)}"
@@ -110,5 +120,3 @@ def make_env(settings: Settings, clock: FixedClock) -> Env:
     app = create_app(settings, broker=broker)
     app.testing = True
     return Env(broker=broker, app=app, client=app.test_client(), clock=clock)
-
-

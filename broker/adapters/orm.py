@@ -10,7 +10,7 @@ in the clear (only AES-256-GCM ciphertext), an access token (only its SHA-256).
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -31,7 +31,7 @@ ID = String(40)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: DateTime(timezone=True),
         date: Date,
         dict[str, Any]: JSON,
@@ -238,8 +238,9 @@ class AuditEntryRow(Base):
     """One log entry: its canonical bytes (RFC 8785) and leaf hash (RFC 9162 §2.1.1). Indices are gap-free."""
 
     __tablename__ = "audit_entries"
-    idx: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-                                     autoincrement=False)
+    idx: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
     entry: Mapped[bytes]
     leaf_hash: Mapped[bytes]
     logged_at: Mapped[datetime]

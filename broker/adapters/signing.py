@@ -38,9 +38,7 @@ class SignatureError(CryptoError):
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the RFC 8785 form for the integers, strings, booleans, lists and
     objects that receipts hold (floats are not canonicalised the RFC 8785 way, so keep them out)."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode()
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def sign_jws(payload: dict[str, Any], keystore: KeyStore, typ: str) -> str:

@@ -85,20 +85,21 @@ def register_error_handlers(app: Flask) -> None:
         status = error.code or 500
         messages = _validation_messages(error)
         if messages is not None:
-            if "_schema" in messages and isinstance(messages["_schema"], list):
-                if any("Invalid JSON" in str(m) for m in messages["_schema"]):
-                    return problem(400, "invalid_json", "Malformed JSON", "the request body is not valid JSON")
+            schema_messages = messages.get("_schema")
+            if isinstance(schema_messages, list) and any("Invalid JSON" in str(m) for m in schema_messages):
+                return problem(400, "invalid_json", "Malformed JSON", "the request body is not valid JSON")
             name, text = _first_field(messages)
-            if name == "_schema":
-                detail = text
-            else:
-                detail = f"{name}: {text}"
+            detail = text if name == "_schema" else f"{name}: {text}"
             return problem(400, "invalid_request", "Invalid request", detail, field=name, errors=messages)
         if status == 413:
-            return problem(413, "payload_too_large", "Payload too large",
-                           f"the request body exceeds {app.config.get('MAX_CONTENT_LENGTH')} bytes")
+            return problem(
+                413,
+                "payload_too_large",
+                "Payload too large",
+                f"the request body exceeds {app.config.get('MAX_CONTENT_LENGTH')} bytes",
+            )
         response = problem(status, _HTTP_CODES.get(status, "http_error"), error.name, error.description)
-        for name, value in (error.get_headers() if status == 405 else []):
+        for name, value in error.get_headers() if status == 405 else []:
             if name.lower() == "allow":
                 response.headers["Allow"] = value
         return response

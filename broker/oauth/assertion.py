@@ -135,8 +135,7 @@ def _check_header(header: dict[str, Any]) -> None:
     key_bearing = sorted(_KEY_BEARING_HEADER & header.keys())
     if key_bearing:
         raise InvalidClientError(
-            f"Header parameter {key_bearing[0]!r} is not accepted: "
-            "the key is always the partner's registered key."
+            f"Header parameter {key_bearing[0]!r} is not accepted: the key is always the partner's registered key."
         )
     unknown = sorted(header.keys() - _ALLOWED_HEADER)
     if unknown:
@@ -191,9 +190,7 @@ def _verify_signature(assertion: UnverifiedAssertion, *, registered_alg: str, jw
         raise InvalidClientError("The partner's registered algorithm is not supported.")
     alg = assertion.header["alg"]
     if alg not in pinned.header_names:
-        raise InvalidClientError(
-            f"Algorithm {alg!r} is not the one registered for this client ({registered_alg})."
-        )
+        raise InvalidClientError(f"Algorithm {alg!r} is not the one registered for this client ({registered_alg}).")
     key = _registered_key(jwks, assertion.header.get("kid"), pinned)
     registry = JWSRegistry(algorithms=[pinned.verify_as])
     try:
@@ -219,9 +216,7 @@ def _registered_key(jwks: dict[str, Any], kid: str | None, pinned: _PinnedAlgori
     elif len(keys) == 1 and isinstance(keys[0], dict):
         data = keys[0]
     else:
-        raise InvalidClientError(
-            "This client has several registered keys: the assertion must name one by 'kid'."
-        )
+        raise InvalidClientError("This client has several registered keys: the assertion must name one by 'kid'.")
     if data.get("kty") != pinned.kty or data.get("crv") != pinned.crv:
         raise InvalidClientError("The registered key does not fit the client's registered algorithm.")
     if data.get("use", "sig") != "sig" or "verify" not in data.get("key_ops", ["verify"]):
@@ -280,8 +275,7 @@ def _verify_times(claims: dict[str, Any], *, now: datetime, max_lifetime: int, s
         raise InvalidClientError("The client assertion has expired ('exp').")
     if exp > current + max_lifetime:
         raise InvalidClientError(
-            f"The assertion's 'exp' is more than {max_lifetime} seconds ahead: "
-            "client assertions must be short-lived."
+            f"The assertion's 'exp' is more than {max_lifetime} seconds ahead: client assertions must be short-lived."
         )
     if iat > current + skew:
         raise InvalidClientError("The assertion's 'iat' is in the future.")
@@ -297,21 +291,16 @@ def read_actor(claims: dict[str, Any]) -> tuple[str, str]:
     act = claims.get("act")
     if act is None:
         raise InvalidRequestError(
-            "The client assertion must carry the acting professional: "
-            '"act": {"sub": <staff id>, "role": <role>}.'
+            'The client assertion must carry the acting professional: "act": {"sub": <staff id>, "role": <role>}.'
         )
     if not isinstance(act, dict):
         raise InvalidRequestError("The assertion's 'act' claim must be a JSON object.")
     extra = sorted(act.keys() - _ACT_MEMBERS)
     if extra:
-        raise InvalidRequestError(
-            f"The assertion's 'act' claim may hold only 'sub' and 'role', not {extra[0]!r}."
-        )
+        raise InvalidRequestError(f"The assertion's 'act' claim may hold only 'sub' and 'role', not {extra[0]!r}.")
     sub, role = act.get("sub"), act.get("role")
     if not isinstance(sub, str) or not sub.strip():
-        raise InvalidRequestError(
-            "'act.sub' (the staff id of the acting professional) must be a non-empty string."
-        )
+        raise InvalidRequestError("'act.sub' (the staff id of the acting professional) must be a non-empty string.")
     if len(sub) > MAX_ACTOR_ID_LENGTH:
         raise InvalidRequestError(f"'act.sub' is longer than {MAX_ACTOR_ID_LENGTH} characters.")
     if not isinstance(role, str) or not role:

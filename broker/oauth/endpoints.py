@@ -106,9 +106,7 @@ def revocation_endpoint() -> Response:
 def _form_parameters() -> dict[str, str]:
     """The request's parameters, strictly: form-encoded in the body, each at most once (RFC 6749 §3.2)."""
     if request.args:
-        raise InvalidRequestError(
-            "Parameters must be sent in the request body, not in the URL (RFC 6749 §3.2)."
-        )
+        raise InvalidRequestError("Parameters must be sent in the request body, not in the URL (RFC 6749 §3.2).")
     if request.mimetype != _FORM:
         raise InvalidRequestError(f"The request body must be {_FORM} (RFC 6749 §3.2).")
     form = request.form
@@ -195,8 +193,6 @@ def problem_response(error: ResourceAccessError) -> Response:
     request_id = g.get("request_id")
     if request_id:  # the same extension member as the rest of the API's problem documents
         body["request_id"] = request_id
-    response = current_app.response_class(
-        json.dumps(body), status=error.status, mimetype="application/problem+json"
-    )
+    response = current_app.response_class(json.dumps(body), status=error.status, mimetype="application/problem+json")
     response.headers["WWW-Authenticate"] = error.www_authenticate()
     return response

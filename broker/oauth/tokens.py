@@ -153,9 +153,7 @@ def consume_jti(uow: UnitOfWork, *, client_id: str, jti: str, expires_at: dateti
     insert through (PostgreSQL makes the second wait for the first to commit, then fails it; SQLite serialises
     the writers). The row is kept until `expires_at` (= the assertion's exp + the clock-skew allowance)."""
     try:
-        uow.session.execute(
-            insert(AssertionJtiRow).values(client_id=client_id, jti=jti, expires_at=expires_at)
-        )
+        uow.session.execute(insert(AssertionJtiRow).values(client_id=client_id, jti=jti, expires_at=expires_at))
     except IntegrityError as error:
         raise InvalidClientError("This client assertion has already been used ('jti' replay).") from error
 

@@ -35,5 +35,6 @@ def verify_log_in(db: Database) -> VerifyResult:
             for idx, entry, leaf in result:
                 yield idx, bytes(entry), bytes(leaf)
 
-        return verify_log(rows(), expected_size=head.size if head else 0,
-                          expected_root=bytes(head.root) if head else None)
+        return verify_log(
+            rows(), expected_size=head.size if head else 0, expected_root=bytes(head.root) if head else None
+        )

@@ -75,7 +75,8 @@ def store_consent_text(session: Session, text: str, language: str, now: datetime
     """Store the text once and return its SHA-256 (hex)."""
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if session.get(ConsentTextRow, digest) is None:
-        session.add(ConsentTextRow(sha256=digest, version=TEMPLATE_VERSION, language=language, text=text,
-                                   created_at=now))
+        session.add(
+            ConsentTextRow(sha256=digest, version=TEMPLATE_VERSION, language=language, text=text, created_at=now)
+        )
         session.flush()  # before the consent that references it: the rows have no ORM relationship
     return digest

@@ -89,9 +89,15 @@ def record_consent(
             witness=witness,
             recorded_by=caller,
         )
-        append_entry(uow, event="consent:grant", now=now, caller=caller, person_id=person_id,
-                     basis={"kind": "consent", "consent_id": consent.id, "consent_version": consent.version},
-                     detail={"method": method})
+        append_entry(
+            uow,
+            event="consent:grant",
+            now=now,
+            caller=caller,
+            person_id=person_id,
+            basis={"kind": "consent", "consent_id": consent.id, "consent_version": consent.version},
+            detail={"method": method},
+        )
         uow.commit()
         return consent_view(consent)
 
@@ -152,23 +158,54 @@ def _create_consent(
     uow.session.add(consent)
     uow.session.flush()
     by_kind = "professional" if recorded_by else given_by
-    _add_event(uow, consent, "grant", now, by_kind=by_kind,
-               by_org=recorded_by.organisation_id if recorded_by else None,
-               by_actor=recorded_by.actor_id if recorded_by else representative_id,
-               detail={"method": method, "witness": witness} if witness else {"method": method})
+    _add_event(
+        uow,
+        consent,
+        "grant",
+        now,
+        by_kind=by_kind,
+        by_org=recorded_by.organisation_id if recorded_by else None,
+        by_actor=recorded_by.actor_id if recorded_by else representative_id,
+        detail={"method": method, "witness": witness} if witness else {"method": method},
+    )
     return consent
 
 
-def _add_event(uow: UnitOfWork, consent: ConsentRow, action: str, now: datetime, *, by_kind: str,
-               by_org: str | None = None, by_actor: str | None = None,
-               detail: dict[str, Any] | None = None) -> None:
-    uow.session.add(ConsentEventRow(consent_id=consent.id, version=consent.version, action=action, at=now,
-                                    by_kind=by_kind, by_org=by_org, by_actor=by_actor, detail=detail or {}))
+def _add_event(
+    uow: UnitOfWork,
+    consent: ConsentRow,
+    action: str,
+    now: datetime,
+    *,
+    by_kind: str,
+    by_org: str | None = None,
+    by_actor: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    uow.session.add(
+        ConsentEventRow(
+            consent_id=consent.id,
+            version=consent.version,
+            action=action,
+            at=now,
+            by_kind=by_kind,
+            by_org=by_org,
+            by_actor=by_actor,
+            detail=detail or {},
+        )
+    )
 
 
 def request_consent(
-    broker: Broker, caller: Caller, person_id: str, *, recipients: list[str], categories: list[str],
-    purposes: list[str], valid_days: int | None, reason: str,
+    broker: Broker,
+    caller: Caller,
+    person_id: str,
+    *,
+    recipients: list[str],
+    categories: list[str],
+    purposes: list[str],
+    valid_days: int | None,
+    reason: str,
 ) -> dict[str, Any]:
     """Ask the person for a consent; the person answers in the portal."""
     with broker.uow() as uow:
@@ -192,8 +229,14 @@ def request_consent(
             consent_id=None,
         )
         uow.session.add(row)
-        append_entry(uow, event="consent:request", now=now, caller=caller, person_id=person_id,
-                     detail={"consent_request_id": row.id})
+        append_entry(
+            uow,
+            event="consent:request",
+            now=now,
+            caller=caller,
+            person_id=person_id,
+            detail={"consent_request_id": row.id},
+        )
         uow.commit()
         return consent_request_view(row)
 
@@ -209,21 +252,50 @@ def withdraw_consent(broker: Broker, caller: Caller, consent_id: str, *, reason:
         if consent.status != "active":
             raise ConsentNotActiveError(f"consent '{consent_id}' is {consent.status}, not active")
         now = broker.clock.now()
-        _withdraw(uow, consent, now, by_kind="professional", by_org=caller.organisation_id,
-                  by_actor=caller.actor_id, reason=reason)
-        append_entry(uow, event="consent:withdraw", now=now, caller=caller, person_id=consent.person_id,
-                     basis={"kind": "consent", "consent_id": consent.id, "consent_version": consent.version})
+        _withdraw(
+            uow,
+            consent,
+            now,
+            by_kind="professional",
+            by_org=caller.organisation_id,
+            by_actor=caller.actor_id,
+            reason=reason,
+        )
+        append_entry(
+            uow,
+            event="consent:withdraw",
+            now=now,
+            caller=caller,
+            person_id=consent.person_id,
+            basis={"kind": "consent", "consent_id": consent.id, "consent_version": consent.version},
+        )
         uow.commit()
         return consent_view(consent)
 
 
-def _withdraw(uow: UnitOfWork, consent: ConsentRow, now: datetime, *, by_kind: str, by_org: str | None,
-              by_actor: str | None, reason: str | None) -> None:
+def _withdraw(
+    uow: UnitOfWork,
+    consent: ConsentRow,
+    now: datetime,
+    *,
+    by_kind: str,
+    by_org: str | None,
+    by_actor: str | None,
+    reason: str | None,
+) -> None:
     consent.status = "withdrawn"
     consent.withdrawn_at = now
     consent.version += 1
-    _add_event(uow, consent, "withdraw", now, by_kind=by_kind, by_org=by_org, by_actor=by_actor,
-               detail={"reason": reason} if reason else {})
+    _add_event(
+        uow,
+        consent,
+        "withdraw",
+        now,
+        by_kind=by_kind,
+        by_org=by_org,
+        by_actor=by_actor,
+        detail={"reason": reason} if reason else {},
+    )
 
 
 def _visible_consent(uow: UnitOfWork, caller: Caller, consent_id: str) -> ConsentRow:
@@ -231,8 +303,10 @@ def _visible_consent(uow: UnitOfWork, caller: Caller, consent_id: str) -> Consen
     that their existence is not revealed."""
     consent = uow.session.get(ConsentRow, consent_id)
     if consent is None or not _involves(consent, caller.organisation_id):
-        raise NotFoundError(f"no consent '{consent_id}' visible to organisation '{caller.organisation_id}'",
-                            extra={"code": "unknown_consent"})
+        raise NotFoundError(
+            f"no consent '{consent_id}' visible to organisation '{caller.organisation_id}'",
+            extra={"code": "unknown_consent"},
+        )
     return consent
 
 
@@ -263,11 +337,14 @@ def consent_receipt(broker: Broker, caller: Caller, consent_id: str) -> str:
             "iss": broker.settings.issuer,
             "iat": int(broker.clock.now().timestamp()),
             "consent": _json_ready(consent_view(consent)),
-            "text": {"sha256": consent.text_sha256, "version": text.version if text else None,
-                     "language": consent.language, "text": text.text if text else None},
+            "text": {
+                "sha256": consent.text_sha256,
+                "version": text.version if text else None,
+                "language": consent.language,
+                "text": text.text if text else None,
+            },
             "history": [
-                {"version": e.version, "action": e.action, "at": _iso(e.at), "by": e.by_kind,
-                 "organisation": e.by_org}
+                {"version": e.version, "action": e.action, "at": _iso(e.at), "by": e.by_kind, "organisation": e.by_org}
                 for e in events
             ],
         }
@@ -348,4 +425,3 @@ def _iso(value: datetime) -> str:
 
 def _json_ready(view: dict[str, Any]) -> dict[str, Any]:
     return {k: _iso(v) if isinstance(v, datetime) else v for k, v in view.items()}
-

@@ -17,7 +17,12 @@ from sqlalchemy import select
 from broker.adapters.orm import DisclosureRow, RecordRow
 from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
-from broker.domain.errors import InvalidRequestError, NoLegalBasisError, UnknownCategoryError, UnknownPurposeError
+from broker.domain.errors import (
+    InvalidRequestError,
+    NoLegalBasisError,
+    UnknownCategoryError,
+    UnknownPurposeError,
+)
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry, payload_digest
@@ -86,8 +91,11 @@ def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> di
         facts = load_facts(uow, ask.person_id, now)
         records = uow.session.scalars(
             select(RecordRow)
-            .where(RecordRow.person_id == ask.person_id, RecordRow.category == ask.category,
-                   RecordRow.ciphertext.is_not(None))
+            .where(
+                RecordRow.person_id == ask.person_id,
+                RecordRow.category == ask.category,
+                RecordRow.ciphertext.is_not(None),
+            )
             .order_by(RecordRow.deposited_at, RecordRow.id)
         ).all()
         decisions: dict[str, Decision] = {}
@@ -103,15 +111,21 @@ def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> di
         if not permitted:
             denial = next(iter(decisions.values()))
             index = append_entry(
-                uow, event="disclosure:deny", now=now, caller=caller, person_id=ask.person_id,
-                category=ask.category, purpose=ask.purpose, effect="deny", policy_version=denial.policy_version,
+                uow,
+                event="disclosure:deny",
+                now=now,
+                caller=caller,
+                person_id=ask.person_id,
+                category=ask.category,
+                purpose=ask.purpose,
+                effect="deny",
+                policy_version=denial.policy_version,
                 detail={"disclosure_id": disclosure_id, "reasons": sorted({r.code for r in denial.reasons})},
             )
             _store(uow, disclosure_id, caller, ask, "deny", None, [], [], None, denial.policy_version, index, now)
             uow.commit()
             raise NoLegalBasisError(
-                f"no statute or consent permits '{caller.org_type}' to receive '{ask.category}' "
-                f"for '{ask.purpose}'",
+                f"no statute or consent permits '{caller.org_type}' to receive '{ask.category}' for '{ask.purpose}'",
                 extra={"disclosure_id": disclosure_id, "decision": decision_view(denial)},
             )
         primary = next(iter(permitted.values()))
@@ -120,28 +134,54 @@ def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> di
             decision = permitted.get(row.source_org)
             if decision is None:
                 continue
-            disclosed.append({
-                "record_id": row.id,
-                "category": row.category,
-                "source_organisation": row.source_org,
-                "deposited_at": utc(row.deposited_at).isoformat().replace("+00:00", "Z"),
-                "basis": decision.basis.as_dict() if decision.basis else None,
-                "content": project(row.category, open_record(broker, row), decision.fields),
-            })
+            disclosed.append(
+                {
+                    "record_id": row.id,
+                    "category": row.category,
+                    "source_organisation": row.source_org,
+                    "deposited_at": utc(row.deposited_at).isoformat().replace("+00:00", "Z"),
+                    "basis": decision.basis.as_dict() if decision.basis else None,
+                    "content": project(row.category, open_record(broker, row), decision.fields),
+                }
+            )
         fields = sorted({f for item in disclosed for f in item["content"]})
         payload_sha256 = payload_digest(disclosed)
         basis = primary.basis.as_dict() if primary.basis else None
         bases = [d.basis.as_dict() for d in permitted.values() if d.basis]
         index = append_entry(
-            uow, event="disclosure:permit", now=now, caller=caller, person_id=ask.person_id,
-            category=ask.category, purpose=ask.purpose, effect="permit", basis=basis,
-            policy_version=primary.policy_version, record_ids=[r["record_id"] for r in disclosed],
-            fields=fields, payload_sha256=payload_sha256,
-            detail={"disclosure_id": disclosure_id, "withheld": len(records) - len(disclosed),
-                    **({"bases": bases} if len(bases) > 1 else {})},
+            uow,
+            event="disclosure:permit",
+            now=now,
+            caller=caller,
+            person_id=ask.person_id,
+            category=ask.category,
+            purpose=ask.purpose,
+            effect="permit",
+            basis=basis,
+            policy_version=primary.policy_version,
+            record_ids=[r["record_id"] for r in disclosed],
+            fields=fields,
+            payload_sha256=payload_sha256,
+            detail={
+                "disclosure_id": disclosure_id,
+                "withheld": len(records) - len(disclosed),
+                **({"bases": bases} if len(bases) > 1 else {}),
+            },
         )
-        _store(uow, disclosure_id, caller, ask, "permit", basis, [r["record_id"] for r in disclosed], fields,
-               payload_sha256, primary.policy_version, index, now)
+        _store(
+            uow,
+            disclosure_id,
+            caller,
+            ask,
+            "permit",
+            basis,
+            [r["record_id"] for r in disclosed],
+            fields,
+            payload_sha256,
+            primary.policy_version,
+            index,
+            now,
+        )
         uow.commit()
     return {
         "disclosure_id": disclosure_id,
@@ -156,15 +196,39 @@ def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> di
     }
 
 
-def _store(uow: UnitOfWork, disclosure_id: str, caller: Caller, ask: DisclosureAsk, effect: str,
-           basis: dict[str, Any] | None, record_ids: list[str], fields: list[str], payload_sha256: str | None,
-           policy_version: str, index: int, now: datetime) -> None:
-    uow.session.add(DisclosureRow(
-        id=disclosure_id, person_id=ask.person_id, kind="request", recipient_org=caller.organisation_id,
-        partner=caller.partner_id, category=ask.category, purpose=ask.purpose, effect=effect, basis=basis,
-        record_ids=record_ids, fields=fields, payload_sha256=payload_sha256, policy_version=policy_version,
-        audit_index=index, created_at=now,
-    ))
+def _store(
+    uow: UnitOfWork,
+    disclosure_id: str,
+    caller: Caller,
+    ask: DisclosureAsk,
+    effect: str,
+    basis: dict[str, Any] | None,
+    record_ids: list[str],
+    fields: list[str],
+    payload_sha256: str | None,
+    policy_version: str,
+    index: int,
+    now: datetime,
+) -> None:
+    uow.session.add(
+        DisclosureRow(
+            id=disclosure_id,
+            person_id=ask.person_id,
+            kind="request",
+            recipient_org=caller.organisation_id,
+            partner=caller.partner_id,
+            category=ask.category,
+            purpose=ask.purpose,
+            effect=effect,
+            basis=basis,
+            record_ids=record_ids,
+            fields=fields,
+            payload_sha256=payload_sha256,
+            policy_version=policy_version,
+            audit_index=index,
+            created_at=now,
+        )
+    )
 
 
 def query_decision(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[str, Any]:
@@ -175,10 +239,18 @@ def query_decision(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[s
         now = broker.clock.now()
         facts = load_facts(uow, ask.person_id, now)
         decision = decide(_request(caller, ask, None, None), facts, broker.policy, now)
-        append_entry(uow, event="decision:query", now=now, caller=caller, person_id=ask.person_id,
-                     category=ask.category, purpose=ask.purpose, effect=decision.effect,
-                     basis=decision.basis.as_dict() if decision.basis else None,
-                     policy_version=decision.policy_version)
+        append_entry(
+            uow,
+            event="decision:query",
+            now=now,
+            caller=caller,
+            person_id=ask.person_id,
+            category=ask.category,
+            purpose=ask.purpose,
+            effect=decision.effect,
+            basis=decision.basis.as_dict() if decision.basis else None,
+            policy_version=decision.policy_version,
+        )
         uow.commit()
     return decision_view(decision)
 

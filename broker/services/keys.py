@@ -27,8 +27,9 @@ class RotationResult:
     notices: int
 
 
-def _rewrap_table(db: Database, keys: KeyStore, row_type: Any, columns: tuple[str, str, str, str],
-                  batch_size: int) -> int:
+def _rewrap_table(
+    db: Database, keys: KeyStore, row_type: Any, columns: tuple[str, str, str, str], batch_size: int
+) -> int:
     kek_col, wrapped_col, nonce_col, ciphertext_col = columns
     current = keys.current_kek()[0]
     done = 0
@@ -40,8 +41,12 @@ def _rewrap_table(db: Database, keys: KeyStore, row_type: Any, columns: tuple[st
             if not rows:
                 return done
             for row in rows:
-                sealed = Sealed(ciphertext=getattr(row, ciphertext_col) or b"", nonce=getattr(row, nonce_col),
-                                wrapped_key=getattr(row, wrapped_col), kek_id=getattr(row, kek_col))
+                sealed = Sealed(
+                    ciphertext=getattr(row, ciphertext_col) or b"",
+                    nonce=getattr(row, nonce_col),
+                    wrapped_key=getattr(row, wrapped_col),
+                    kek_id=getattr(row, kek_col),
+                )
                 fresh = rewrap(sealed, keys)
                 setattr(row, wrapped_col, fresh.wrapped_key)
                 setattr(row, kek_col, fresh.kek_id)
@@ -55,8 +60,9 @@ def rotate_keys(settings: Settings, *, batch_size: int = 500) -> RotationResult:
     db = Database(settings.database_url)
     try:
         records = _rewrap_table(db, keys, RecordRow, ("kek_id", "wrapped_key", "nonce", "ciphertext"), batch_size)
-        persons = _rewrap_table(db, keys, PersonRow,
-                                ("hetu_kek_id", "hetu_wrapped_key", "hetu_nonce", "hetu_ciphertext"), batch_size)
+        persons = _rewrap_table(
+            db, keys, PersonRow, ("hetu_kek_id", "hetu_wrapped_key", "hetu_nonce", "hetu_ciphertext"), batch_size
+        )
         notices = _rewrap_table(db, keys, NoticeRow, ("kek_id", "wrapped_key", "nonce", "ciphertext"), batch_size)
     finally:
         db.dispose()

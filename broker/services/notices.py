@@ -46,8 +46,15 @@ def _notice_aad(notice_id: str, person_id: str, kind: str) -> bytes:
     return canonical_json({"v": 1, "notice": notice_id, "person": person_id, "kind": kind})
 
 
-def send_notice(broker: Broker, caller: Caller, person_id: str, kind: str, recipient: str, content: object,
-                purpose: str | None = None) -> dict[str, Any]:
+def send_notice(
+    broker: Broker,
+    caller: Caller,
+    person_id: str,
+    kind: str,
+    recipient: str,
+    content: object,
+    purpose: str | None = None,
+) -> dict[str, Any]:
     if kind not in NOTICE_KINDS:
         raise InvalidRequestError(f"unknown notice kind '{kind}'; one of {', '.join(NOTICE_KINDS)}", field="kind")
     category, default_purpose = NOTICE_KINDS[kind]
@@ -55,60 +62,149 @@ def send_notice(broker: Broker, caller: Caller, person_id: str, kind: str, recip
     try:
         loaded = load_record(category, content)
     except ValidationError as error:
-        raise InvalidRequestError(f"content does not match the '{category}' schema", field="content",
-                                  extra={"errors": {"content": error.messages}}) from None
+        raise InvalidRequestError(
+            f"content does not match the '{category}' schema",
+            field="content",
+            extra={"errors": {"content": error.messages}},
+        ) from None
     with broker.uow() as uow:
         now = broker.clock.now()
         recipient_type = organisation_type(broker, uow, recipient)
         if recipient_type is None:
             raise UnknownOrganisationError(f"unknown organisation '{recipient}'", field="recipient")
         facts = load_facts(uow, person_id, now)
-        decision = _decide_for_recipient(broker, caller, person_id, recipient, recipient_type, category, purpose,
-                                         facts, now)
+        decision = _decide_for_recipient(
+            broker, caller, person_id, recipient, recipient_type, category, purpose, facts, now
+        )
         notice_id = new_id("not")
         if not decision.permitted:
-            index = append_entry(uow, event="disclosure:deny", now=now, caller=caller, person_id=person_id,
-                                 category=category, purpose=purpose, effect="deny",
-                                 policy_version=decision.policy_version,
-                                 detail={"notice_kind": kind, "recipient": recipient,
-                                         "reasons": sorted({r.code for r in decision.reasons})})
-            _disclosure(uow, notice_id, caller, person_id, recipient, category, purpose, "deny", None, [], None,
-                        decision.policy_version, index, now)
+            index = append_entry(
+                uow,
+                event="disclosure:deny",
+                now=now,
+                caller=caller,
+                person_id=person_id,
+                category=category,
+                purpose=purpose,
+                effect="deny",
+                policy_version=decision.policy_version,
+                detail={
+                    "notice_kind": kind,
+                    "recipient": recipient,
+                    "reasons": sorted({r.code for r in decision.reasons}),
+                },
+            )
+            _disclosure(
+                uow,
+                notice_id,
+                caller,
+                person_id,
+                recipient,
+                category,
+                purpose,
+                "deny",
+                None,
+                [],
+                None,
+                decision.policy_version,
+                index,
+                now,
+            )
             uow.commit()
             raise NoLegalBasisError(
                 f"no statute or consent permits sending '{kind}' to '{recipient}' for '{purpose}'",
                 extra={"decision": decision_view(decision)},
             )
         projected = project(category, loaded, decision.fields)
-        sealed = seal(json.dumps(projected, ensure_ascii=False).encode(), _notice_aad(notice_id, person_id, kind),
-                      broker.keys)
+        sealed = seal(
+            json.dumps(projected, ensure_ascii=False).encode(), _notice_aad(notice_id, person_id, kind), broker.keys
+        )
         basis = decision.basis.as_dict() if decision.basis else None
-        uow.session.add(NoticeRow(id=notice_id, person_id=person_id, kind=kind, sender_org=caller.organisation_id,
-                                  recipient_org=recipient, basis=basis, kek_id=sealed.kek_id,
-                                  wrapped_key=sealed.wrapped_key, nonce=sealed.nonce,
-                                  ciphertext=sealed.ciphertext, created_at=now, acked_at=None))
+        uow.session.add(
+            NoticeRow(
+                id=notice_id,
+                person_id=person_id,
+                kind=kind,
+                sender_org=caller.organisation_id,
+                recipient_org=recipient,
+                basis=basis,
+                kek_id=sealed.kek_id,
+                wrapped_key=sealed.wrapped_key,
+                nonce=sealed.nonce,
+                ciphertext=sealed.ciphertext,
+                created_at=now,
+                acked_at=None,
+            )
+        )
         payload_sha256 = payload_digest(projected)
-        index = append_entry(uow, event="notice:send", now=now, caller=caller, person_id=person_id,
-                             category=category, purpose=purpose, effect="permit", basis=basis,
-                             policy_version=decision.policy_version, fields=sorted(projected),
-                             payload_sha256=payload_sha256,
-                             detail={"notice_id": notice_id, "kind": kind, "recipient": recipient})
-        _disclosure(uow, notice_id, caller, person_id, recipient, category, purpose, "permit", basis,
-                    sorted(projected), payload_sha256, decision.policy_version, index, now)
+        index = append_entry(
+            uow,
+            event="notice:send",
+            now=now,
+            caller=caller,
+            person_id=person_id,
+            category=category,
+            purpose=purpose,
+            effect="permit",
+            basis=basis,
+            policy_version=decision.policy_version,
+            fields=sorted(projected),
+            payload_sha256=payload_sha256,
+            detail={"notice_id": notice_id, "kind": kind, "recipient": recipient},
+        )
+        _disclosure(
+            uow,
+            notice_id,
+            caller,
+            person_id,
+            recipient,
+            category,
+            purpose,
+            "permit",
+            basis,
+            sorted(projected),
+            payload_sha256,
+            decision.policy_version,
+            index,
+            now,
+        )
         uow.commit()
-    return {"notice_id": notice_id, "person_id": person_id, "kind": kind, "recipient": recipient,
-            "basis": basis, "fields": sorted(projected), "created_at": utc(now)}
+    return {
+        "notice_id": notice_id,
+        "person_id": person_id,
+        "kind": kind,
+        "recipient": recipient,
+        "basis": basis,
+        "fields": sorted(projected),
+        "created_at": utc(now),
+    }
 
 
-def _decide_for_recipient(broker: Broker, caller: Caller, person_id: str, recipient: str, recipient_type: str,
-                          category: str, purpose: str, facts: Any, now: datetime) -> Decision:
+def _decide_for_recipient(
+    broker: Broker,
+    caller: Caller,
+    person_id: str,
+    recipient: str,
+    recipient_type: str,
+    category: str,
+    purpose: str,
+    facts: Any,
+    now: datetime,
+) -> Decision:
     """The recipient's professional who will read the notice is not known yet: the notice may be sent if the
     policy lets some role of the recipient's organisation type receive it."""
     decision: Decision | None = None
     for role in sorted(broker.policy.roles_for(recipient_type)) or [""]:
-        request = DecisionRequest(requester_org=recipient, requester_org_type=recipient_type, requester_role=role,
-                                  person_id=person_id, category=category, purpose=purpose,
-                                  source_org=caller.organisation_id, source_org_type=caller.org_type)
+        request = DecisionRequest(
+            requester_org=recipient,
+            requester_org_type=recipient_type,
+            requester_role=role,
+            person_id=person_id,
+            category=category,
+            purpose=purpose,
+            source_org=caller.organisation_id,
+            source_org_type=caller.org_type,
+        )
         decision = decide(request, facts, broker.policy, now)
         if decision.permitted:
             return decision
@@ -116,18 +212,46 @@ def _decide_for_recipient(broker: Broker, caller: Caller, person_id: str, recipi
     return decision
 
 
-def _disclosure(uow: Any, disclosure_id: str, caller: Caller, person_id: str, recipient: str, category: str,
-                purpose: str, effect: str, basis: dict[str, Any] | None, fields: list[str],
-                payload_sha256: str | None, policy_version: str, index: int, now: datetime) -> None:
-    uow.session.add(DisclosureRow(
-        id=disclosure_id, person_id=person_id, kind="notice", recipient_org=recipient, partner=caller.partner_id,
-        category=category, purpose=purpose, effect=effect, basis=basis, record_ids=[], fields=fields,
-        payload_sha256=payload_sha256, policy_version=policy_version, audit_index=index, created_at=now,
-    ))
+def _disclosure(
+    uow: Any,
+    disclosure_id: str,
+    caller: Caller,
+    person_id: str,
+    recipient: str,
+    category: str,
+    purpose: str,
+    effect: str,
+    basis: dict[str, Any] | None,
+    fields: list[str],
+    payload_sha256: str | None,
+    policy_version: str,
+    index: int,
+    now: datetime,
+) -> None:
+    uow.session.add(
+        DisclosureRow(
+            id=disclosure_id,
+            person_id=person_id,
+            kind="notice",
+            recipient_org=recipient,
+            partner=caller.partner_id,
+            category=category,
+            purpose=purpose,
+            effect=effect,
+            basis=basis,
+            record_ids=[],
+            fields=fields,
+            payload_sha256=payload_sha256,
+            policy_version=policy_version,
+            audit_index=index,
+            created_at=now,
+        )
+    )
 
 
-def read_inbox(broker: Broker, caller: Caller, *, include_acknowledged: bool = False,
-               limit: int = 100) -> list[dict[str, Any]]:
+def read_inbox(
+    broker: Broker, caller: Caller, *, include_acknowledged: bool = False, limit: int = 100
+) -> list[dict[str, Any]]:
     with broker.uow(write=False) as uow:
         stmt = select(NoticeRow).where(NoticeRow.recipient_org == caller.organisation_id)
         if not include_acknowledged:
@@ -139,9 +263,16 @@ def read_inbox(broker: Broker, caller: Caller, *, include_acknowledged: bool = F
 def _notice_view(broker: Broker, row: NoticeRow) -> dict[str, Any]:
     sealed = Sealed(ciphertext=row.ciphertext, nonce=row.nonce, wrapped_key=row.wrapped_key, kek_id=row.kek_id)
     content = json.loads(open_sealed(sealed, _notice_aad(row.id, row.person_id, row.kind), broker.keys))
-    return {"notice_id": row.id, "person_id": row.person_id, "kind": row.kind, "sender": row.sender_org,
-            "basis": row.basis, "content": content, "created_at": utc(row.created_at),
-            "acknowledged_at": utc(row.acked_at) if row.acked_at else None}
+    return {
+        "notice_id": row.id,
+        "person_id": row.person_id,
+        "kind": row.kind,
+        "sender": row.sender_org,
+        "basis": row.basis,
+        "content": content,
+        "created_at": utc(row.created_at),
+        "acknowledged_at": utc(row.acked_at) if row.acked_at else None,
+    }
 
 
 def acknowledge_notice(broker: Broker, caller: Caller, notice_id: str) -> dict[str, Any]:
@@ -152,7 +283,8 @@ def acknowledge_notice(broker: Broker, caller: Caller, notice_id: str) -> dict[s
         now = broker.clock.now()
         if row.acked_at is None:
             row.acked_at = now
-            append_entry(uow, event="notice:ack", now=now, caller=caller, person_id=row.person_id,
-                         detail={"notice_id": row.id})
+            append_entry(
+                uow, event="notice:ack", now=now, caller=caller, person_id=row.person_id, detail={"notice_id": row.id}
+            )
         uow.commit()
         return _notice_view(broker, row)

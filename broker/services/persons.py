@@ -45,8 +45,9 @@ def resolve_person(broker: Broker, caller: Caller | None, hetu: str, display_nam
                 )
             )
             uow.session.flush()
-            append_entry(uow, event="person:resolve", now=now, caller=caller, person_id=person_id,
-                         detail={"created": True})
+            append_entry(
+                uow, event="person:resolve", now=now, caller=caller, person_id=person_id, detail={"created": True}
+            )
             try:
                 uow.commit()
             except IntegrityError:
@@ -95,11 +96,18 @@ def start_relationship(broker: Broker, caller: Caller, person_id: str) -> dict[s
         if existing is not None:
             return _relationship_view(existing, created=False)
         now = broker.clock.now()
-        row = RelationshipRow(id=new_id("rel"), person_id=person_id, organisation_id=caller.organisation_id,
-                              started_at=now, ended_at=None)
+        row = RelationshipRow(
+            id=new_id("rel"), person_id=person_id, organisation_id=caller.organisation_id, started_at=now, ended_at=None
+        )
         uow.session.add(row)
-        append_entry(uow, event="relationship:start", now=now, caller=caller, person_id=person_id,
-                     detail={"relationship_id": row.id})
+        append_entry(
+            uow,
+            event="relationship:start",
+            now=now,
+            caller=caller,
+            person_id=person_id,
+            detail={"relationship_id": row.id},
+        )
         uow.commit()
         return _relationship_view(row, created=True)
 
@@ -115,8 +123,14 @@ def end_relationship(broker: Broker, caller: Caller, person_id: str) -> dict[str
             )
         now = broker.clock.now()
         row.ended_at = now
-        append_entry(uow, event="relationship:end", now=now, caller=caller, person_id=person_id,
-                     detail={"relationship_id": row.id})
+        append_entry(
+            uow,
+            event="relationship:end",
+            now=now,
+            caller=caller,
+            person_id=person_id,
+            detail={"relationship_id": row.id},
+        )
         uow.commit()
         return _relationship_view(row, created=False)
 

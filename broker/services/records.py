@@ -25,7 +25,8 @@ def deposit_record(broker: Broker, caller: Caller, person_id: str, category: str
         loaded = load_record(category, content)
     except ValidationError as error:
         raise InvalidRequestError(
-            f"content does not match the '{category}' schema", field="content",
+            f"content does not match the '{category}' schema",
+            field="content",
             extra={"errors": {"content": error.messages}},
         ) from None
     plaintext = json.dumps(loaded, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
@@ -47,17 +48,31 @@ def deposit_record(broker: Broker, caller: Caller, person_id: str, category: str
             ciphertext=sealed.ciphertext,
         )
         uow.session.add(row)
-        append_entry(uow, event="record:deposit", now=now, caller=caller, person_id=person_id,
-                     category=category, record_ids=[record_id], fields=sorted(loaded))
+        append_entry(
+            uow,
+            event="record:deposit",
+            now=now,
+            caller=caller,
+            person_id=person_id,
+            category=category,
+            record_ids=[record_id],
+            fields=sorted(loaded),
+        )
         uow.commit()
-    return {"record_id": record_id, "person_id": person_id, "category": category,
-            "source_organisation": caller.organisation_id, "deposited_at": utc(now)}
+    return {
+        "record_id": record_id,
+        "person_id": person_id,
+        "category": category,
+        "source_organisation": caller.organisation_id,
+        "deposited_at": utc(now),
+    }
 
 
 def open_record(broker: Broker, row: RecordRow) -> dict[str, Any]:
     """Decrypt a record's content; the associated data binds it to its id, person and category."""
     assert row.ciphertext is not None
     sealed = Sealed(ciphertext=row.ciphertext, nonce=row.nonce, wrapped_key=row.wrapped_key, kek_id=row.kek_id)
-    content: dict[str, Any] = json.loads(open_sealed(sealed, record_aad(row.id, row.person_id, row.category),
-                                                     broker.keys))
+    content: dict[str, Any] = json.loads(
+        open_sealed(sealed, record_aad(row.id, row.person_id, row.category), broker.keys)
+    )
     return content

@@ -32,8 +32,14 @@ class BrokerAssertion(PrivateKeyJWT):
 
     def sign(self, auth, token_endpoint):
         claims = {"jti": secrets.token_urlsafe(24), "act": self.actor}
-        return private_key_jwt_sign(auth.client_secret, client_id=auth.client_id, token_endpoint=self.token_endpoint,
-                                    claims=claims, alg=self.alg, expires_in=60)
+        return private_key_jwt_sign(
+            auth.client_secret,
+            client_id=auth.client_id,
+            token_endpoint=self.token_endpoint,
+            claims=claims,
+            alg=self.alg,
+            expires_in=60,
+        )
 
 
 def main(partner, person_id, category, purpose, instance=Path("instance")):
@@ -45,8 +51,10 @@ def main(partner, person_id, category, purpose, instance=Path("instance")):
     session.register_client_auth_method(BrokerAssertion(demo["issuer"], entry["actor"]))
     session.fetch_token(f"{demo['base_url']}/oauth/token", grant_type="client_credentials")
 
-    response = session.post(f"{demo['base_url']}/api/v1/disclosures",
-                            json={"person_id": person_id, "category": category, "purpose": purpose})
+    response = session.post(
+        f"{demo['base_url']}/api/v1/disclosures",
+        json={"person_id": person_id, "category": category, "purpose": purpose},
+    )
     print(response.status_code, json.dumps(response.json(), indent=2, ensure_ascii=False))
     return 0 if response.ok else 1
 

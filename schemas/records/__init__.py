@@ -110,8 +110,4 @@ def project(category: str, content: Mapping[str, Any], allowed: Iterable[str]) -
     if not isinstance(content, Mapping):
         raise TypeError("content must be a mapping")
     allowed_names = frozenset(allowed)
-    return {
-        name: copy.deepcopy(content[name])
-        for name in schema.fields
-        if name in allowed_names and name in content
-    }
+    return {name: copy.deepcopy(content[name]) for name in schema.fields if name in allowed_names and name in content}

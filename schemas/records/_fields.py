@@ -53,16 +53,12 @@ class PlainText(fields.String):
         error_messages = {**_TEXT_ERRORS, **(kwargs.pop("error_messages", None) or {})}
         super().__init__(error_messages=error_messages, **kwargs)
 
-    def _deserialize(
-        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
-    ) -> str:
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> str:
         if not isinstance(value, str):
             raise self.make_error("invalid")
         found = _FORBIDDEN_CHARACTERS.search(value)
         if found is not None:
-            raise self.make_error(
-                "surrogate" if "\ud800" <= found.group() <= "\udfff" else "control_character"
-            )
+            raise self.make_error("surrogate" if "\ud800" <= found.group() <= "\udfff" else "control_character")
         return value
 
 
@@ -76,9 +72,7 @@ class StrictBoolean(fields.Boolean):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(truthy={True}, falsy={False}, **kwargs)
 
-    def _deserialize(
-        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
-    ) -> bool:
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> bool:
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
@@ -87,9 +81,7 @@ class StrictBoolean(fields.Boolean):
 class StrictFloat(fields.Float):
     """A JSON number (int or float), never a numeric string or a boolean; NaN and infinity rejected."""
 
-    def _deserialize(
-        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
-    ) -> float:
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.make_error("invalid", input=value)
         return super()._deserialize(value, attr, data, **kwargs)
@@ -103,9 +95,7 @@ class IsoDate(fields.Date):
     A ``datetime.date`` (not a ``datetime``) is accepted from Python callers.
     """
 
-    def _deserialize(
-        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
-    ) -> dt.date:
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any) -> dt.date:
         if type(value) is dt.date:
             return value
         if not isinstance(value, str) or _ISO_DATE.fullmatch(value) is None:
@@ -166,9 +156,7 @@ def text_list(*, description: str, sensitivity: str, required: bool = False) -> 
     )
 
 
-def choice(
-    choices: tuple[str, ...], *, description: str, sensitivity: str, required: bool = False
-) -> PlainText:
+def choice(choices: tuple[str, ...], *, description: str, sensitivity: str, required: bool = False) -> PlainText:
     """One of a closed list of codes."""
     return PlainText(
         required=required,

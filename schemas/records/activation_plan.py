@@ -40,9 +40,7 @@ class ActivationPlanSchema(Schema):
     )
     start_date = date(description="First day of the planned activity.", sensitivity=ORDINARY)
     end_date = date(description="Last day of the planned activity.", sensitivity=ORDINARY)
-    support_and_guidance = long_text(
-        description="Support and guidance arranged for the client.", sensitivity=ORDINARY
-    )
+    support_and_guidance = long_text(description="Support and guidance arranged for the client.", sensitivity=ORDINARY)
     review_date = date(description="Date the plan is to be reviewed.", sensitivity=ORDINARY)
     own_social_worker = fields.Nested(
         ContactDetailsSchema,

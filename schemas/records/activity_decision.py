@@ -32,13 +32,9 @@ class ActivityDecisionSchema(Schema):
     hours_per_day = number(
         minimum=1, maximum=12, description="Activity hours per day.", sensitivity=ORDINARY, required=True
     )
-    activity_place = short_text(
-        description="Where the activity takes place.", sensitivity=ORDINARY, required=True
-    )
+    activity_place = short_text(description="Where the activity takes place.", sensitivity=ORDINARY, required=True)
     goals = text_list(description="Goals of the activity.", sensitivity=ORDINARY, required=True)
-    support_and_guidance = long_text(
-        description="Support and guidance arranged for the client.", sensitivity=ORDINARY
-    )
+    support_and_guidance = long_text(description="Support and guidance arranged for the client.", sensitivity=ORDINARY)
     own_social_worker = fields.Nested(
         ContactDetailsSchema,
         required=True,

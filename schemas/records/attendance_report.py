@@ -27,8 +27,6 @@ class AttendanceReportSchema(Schema):
         verify_not_before(data, "period_start", "period_end")
         period_days = (data["period_end"] - data["period_start"]).days + 1
         if data["days_planned"] > period_days:
-            raise ValidationError(
-                "Must not exceed the number of days in the period.", field_name="days_planned"
-            )
+            raise ValidationError("Must not exceed the number of days in the period.", field_name="days_planned")
         if data["days_attended"] > data["days_planned"]:
             raise ValidationError("Must not exceed days_planned.", field_name="days_attended")

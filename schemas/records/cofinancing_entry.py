@@ -11,15 +11,11 @@ class CofinancingEntrySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    month = year_month(
-        description="The month the entry concerns (YYYY-MM).", sensitivity=ORDINARY, required=True
-    )
+    month = year_month(description="The month the entry concerns (YYYY-MM).", sensitivity=ORDINARY, required=True)
     benefit_day_band = choice(
         BENEFIT_DAY_BANDS, description="Band of benefit days paid.", sensitivity=ORDINARY, required=True
     )
-    amount_band = short_text(
-        description="Band of the municipality's co-financing share.", sensitivity=ORDINARY
-    )
+    amount_band = short_text(description="Band of the municipality's co-financing share.", sensitivity=ORDINARY)
     current_service_status = short_text(
         description="The person's current service, e.g. in rehabilitative work activity.",
         sensitivity=ORDINARY,

@@ -60,9 +60,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "Säännöllinen päivärytmi ja arjen hallinta",
             "Työelämätaitojen vahvistaminen",
         ],
-        "support_and_guidance": (
-            "Työvalmentajan ohjaus päivittäin, yksilövalmentajan tapaaminen joka toinen viikko."
-        ),
+        "support_and_guidance": ("Työvalmentajan ohjaus päivittäin, yksilövalmentajan tapaaminen joka toinen viikko."),
         "own_social_worker": dict(OWN_SOCIAL_WORKER),
         "work_restrictions": [
             "Ei yli 10 kg:n nostoja",
@@ -131,9 +129,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         },
         "education_and_work_history": "Logistiikan perustutkinto 2012; varastotyötä 2012–2019.",
         "social_situation": "Asuu yksin vuokra-asunnossa Liedon keskustassa. Ei autoa; kulkee bussilla.",
-        "health_and_work_capacity": (
-            "Alaselän kipuilua pitkässä seisomatyössä; ei muita tiedossa olevia rajoitteita."
-        ),
+        "health_and_work_capacity": ("Alaselän kipuilua pitkässä seisomatyössä; ei muita tiedossa olevia rajoitteita."),
         "service_needs": [
             "Päivärytmin tuki",
             "Työkyvyn arviointi",
@@ -146,9 +142,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "concern_notification": {
         "observed_at": "2026-01-20",
-        "concern": (
-            "Asiakkaan jaksaminen ja toimeentulo ovat heikentyneet; hän kertoo jääneensä ilman ruokaa."
-        ),
+        "concern": ("Asiakkaan jaksaminen ja toimeentulo ovat heikentyneet; hän kertoo jääneensä ilman ruokaa."),
         "facts": (
             "Asiakas on ollut poissa neljä päivää kahden viikon aikana. Paikalla ollessaan hän on kertonut, "
             "ettei vuokraa ole maksettu ja että ruoka on loppunut."
@@ -174,9 +168,7 @@ EXAMPLES: dict[str, dict[str, Any]] = {
             "Raskaat nostot eivät onnistu."
         ),
         "rehabilitation_need": "Aiempaan varastotyöhön paluu ei onnistu ilman työtehtävien sovittamista.",
-        "proposed_rehabilitation": (
-            "Kelan ammatillisena kuntoutuksena työkokeilu kevyemmissä logistiikkatehtävissä."
-        ),
+        "proposed_rehabilitation": ("Kelan ammatillisena kuntoutuksena työkokeilu kevyemmissä logistiikkatehtävissä."),
         "author_role": "yksilövalmentaja",
     },
     "benefit_status": {

@@ -20,9 +20,7 @@ class WorkAssessmentSchema(Schema):
     observed_limitations = long_text(
         description="Limitations observed during the work; functional, not a diagnosis.", sensitivity=SPECIAL
     )
-    attendance_rate = number(
-        minimum=0, maximum=100, description="Attendance rate in percent.", sensitivity=ORDINARY
-    )
+    attendance_rate = number(minimum=0, maximum=100, description="Attendance rate in percent.", sensitivity=ORDINARY)
     # The client's own account of how the work went is, in a capacity assessment, mostly about their health.
     client_view = long_text(description="The client's own view of the assessment.", sensitivity=SPECIAL)
     coach_recommendation = long_text(

@@ -13,9 +13,7 @@ class YouthReferralSchema(Schema):
     # The flows table: "may contain" special-category data; a young person's situation and support need
     # routinely touch on mental health or substance use.
     situation = long_text(description="The young person's situation.", sensitivity=SPECIAL, required=True)
-    support_need = long_text(
-        description="The support the young person needs.", sensitivity=SPECIAL, required=True
-    )
+    support_need = long_text(description="The support the young person needs.", sensitivity=SPECIAL, required=True)
     young_person_informed = flag(
         description="Whether the young person was told about the referral.",
         sensitivity=ORDINARY,

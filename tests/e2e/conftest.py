@@ -27,8 +27,9 @@ class Served:
     demo: dict
 
     def broker(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*BROKER, *args], env=self.env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=120, check=False)
+        return subprocess.run(
+            [*BROKER, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+        )
 
 
 def _free_port() -> int:
@@ -44,13 +45,26 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     base_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "BROKER_MODE": "demo", "BROKER_INSTANCE_PATH": str(instance), "BROKER_ISSUER": base_url}
     env.pop("BROKER_DATABASE_URL", None)
-    created = subprocess.run([*BROKER, "demo", "--no-serve", "--port", str(port)], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=180, check=False)
+    created = subprocess.run(
+        [*BROKER, "demo", "--no-serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert created.returncode == 0, created.stderr
     log_path = instance.parent / "server.log"
     log = log_path.open("w")
-    server = subprocess.Popen([*BROKER, "serve", "--port", str(port), "--workers", "2"], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=log, text=True)
+    server = subprocess.Popen(
+        [*BROKER, "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

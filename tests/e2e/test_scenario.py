@@ -44,19 +44,32 @@ def test_the_whole_path_from_consent_to_refusal_with_a_verifiable_log(served: Se
     kisalli, health = partner(served, "kisalli"), partner(served, "varha-health")
 
     person_id = kisalli.post(f"{api}/persons/resolve", json={"hetu": make_hetu(date(1991, 2, 3), 990)}).json()[
-        "person_id"]
+        "person_id"
+    ]
     for session in (kisalli, health):
         assert session.post(f"{api}/persons/{person_id}/relationships").status_code == 200
-    consent = kisalli.post(f"{api}/consents", json={
-        "person_id": person_id, "recipients": ["varha-health"], "categories": ["work_assessment"],
-        "purposes": ["work_capacity_assessment"], "method": "in_person", "witness": "Pekka Salo"})
+    consent = kisalli.post(
+        f"{api}/consents",
+        json={
+            "person_id": person_id,
+            "recipients": ["varha-health"],
+            "categories": ["work_assessment"],
+            "purposes": ["work_capacity_assessment"],
+            "method": "in_person",
+            "witness": "Pekka Salo",
+        },
+    )
     assert consent.status_code == 201, consent.text
-    record = kisalli.post(f"{api}/records", json={"person_id": person_id, "category": "work_assessment",
-                                                  "content": EXAMPLES["work_assessment"]})
+    record = kisalli.post(
+        f"{api}/records",
+        json={"person_id": person_id, "category": "work_assessment", "content": EXAMPLES["work_assessment"]},
+    )
     assert record.status_code == 201, record.text
 
-    granted = health.post(f"{api}/disclosures", json={"person_id": person_id, "category": "work_assessment",
-                                                      "purpose": "work_capacity_assessment"})
+    granted = health.post(
+        f"{api}/disclosures",
+        json={"person_id": person_id, "category": "work_assessment", "purpose": "work_capacity_assessment"},
+    )
     assert granted.status_code == 200, granted.text
     body = granted.json()
     [disclosed] = body["records"]
@@ -69,8 +82,10 @@ def test_the_whole_path_from_consent_to_refusal_with_a_verifiable_log(served: Se
 
     withdrawn = kisalli.post(f"{api}/consents/{consent.json()['consent_id']}/withdraw", json={})
     assert withdrawn.status_code == 200 and withdrawn.json()["status"] == "withdrawn"
-    refused = health.post(f"{api}/disclosures", json={"person_id": person_id, "category": "work_assessment",
-                                                      "purpose": "work_capacity_assessment"})
+    refused = health.post(
+        f"{api}/disclosures",
+        json={"person_id": person_id, "category": "work_assessment", "purpose": "work_capacity_assessment"},
+    )
     assert refused.status_code == 403
     assert refused.headers["Content-Type"].startswith("application/problem+json")
     assert refused.json()["code"] == "no_legal_basis"
@@ -82,9 +97,21 @@ def test_the_whole_path_from_consent_to_refusal_with_a_verifiable_log(served: Se
 
 def test_the_docs_example_runs_verbatim_against_the_demo(served: Served) -> None:
     mikko = served.demo["persons"][0]["person_id"]
-    result = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / "disclose.py"), "varha-health", mikko,
-                             "work_assessment", "work_capacity_assessment"], cwd=served.instance.parent,
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "docs" / "examples" / "disclose.py"),
+            "varha-health",
+            mikko,
+            "work_assessment",
+            "work_capacity_assessment",
+        ],
+        cwd=served.instance.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("200")
 
@@ -101,8 +128,15 @@ def _tampered(served: Served, tmp_path: Path, statements: list[tuple[str, tuple]
     target.commit()
     target.close()
     env = {**served.env, "BROKER_DATABASE_URL": f"sqlite:///{copy}"}
-    return subprocess.run([sys.executable, "-m", "broker.cli", "audit", "verify"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", "audit", "verify"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_an_edited_a_deleted_and_a_reordered_audit_row_are_each_detected(served: Served, tmp_path: Path) -> None:
@@ -111,16 +145,30 @@ def test_an_edited_a_deleted_and_a_reordered_audit_row_are_each_detected(served:
     row2, row3 = db.execute("SELECT entry, leaf_hash FROM audit_entries WHERE idx IN (2, 3) ORDER BY idx").fetchall()
     db.close()
 
-    edited = _tampered(served, tmp_path, [
-        ("UPDATE audit_entries SET entry = ? WHERE idx = 5", (entry.replace(b'"v":1', b'"v":2'),))])
-    deleted = _tampered(served, tmp_path, [("DELETE FROM audit_actors WHERE idx = 3", ()),
-                                           ("DELETE FROM audit_entries WHERE idx = 3", ())])
-    reordered = _tampered(served, tmp_path, [
-        ("UPDATE audit_entries SET entry = ?, leaf_hash = ? WHERE idx = 2", row3),
-        ("UPDATE audit_entries SET entry = ?, leaf_hash = ? WHERE idx = 3", row2)])
-    truncated = _tampered(served, tmp_path, [
-        ("DELETE FROM audit_actors WHERE idx = (SELECT MAX(idx) FROM audit_entries)", ()),
-        ("DELETE FROM audit_entries WHERE idx = (SELECT MAX(idx) FROM audit_entries)", ())])
+    edited = _tampered(
+        served, tmp_path, [("UPDATE audit_entries SET entry = ? WHERE idx = 5", (entry.replace(b'"v":1', b'"v":2'),))]
+    )
+    deleted = _tampered(
+        served,
+        tmp_path,
+        [("DELETE FROM audit_actors WHERE idx = 3", ()), ("DELETE FROM audit_entries WHERE idx = 3", ())],
+    )
+    reordered = _tampered(
+        served,
+        tmp_path,
+        [
+            ("UPDATE audit_entries SET entry = ?, leaf_hash = ? WHERE idx = 2", row3),
+            ("UPDATE audit_entries SET entry = ?, leaf_hash = ? WHERE idx = 3", row2),
+        ],
+    )
+    truncated = _tampered(
+        served,
+        tmp_path,
+        [
+            ("DELETE FROM audit_actors WHERE idx = (SELECT MAX(idx) FROM audit_entries)", ()),
+            ("DELETE FROM audit_entries WHERE idx = (SELECT MAX(idx) FROM audit_entries)", ()),
+        ],
+    )
 
     assert edited.returncode == 1 and "entry 5" in edited.stderr and "leaf_hash_mismatch" in edited.stderr
     assert deleted.returncode == 1 and "entry 3" in deleted.stderr and "index_gap" in deleted.stderr

@@ -285,9 +285,7 @@ def open_test_bed(backend: str, tmp_path: Path) -> Iterator[OAuthTestBed]:
             # Runs inside the token transaction: the new token's row is visible here, before the commit.
             visible = (
                 uow.session.scalars(
-                    select(AccessTokenRow.token_hash).where(
-                        AccessTokenRow.token_hash.startswith(token_hash_prefix)
-                    )
+                    select(AccessTokenRow.token_hash).where(AccessTokenRow.token_hash.startswith(token_hash_prefix))
                 ).first()
                 is not None
             )

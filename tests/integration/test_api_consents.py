@@ -13,8 +13,14 @@ from tests.support import Env
 
 
 def consent_body(person_id: str, **overrides: Any) -> dict[str, Any]:
-    body = {"person_id": person_id, "recipients": ["varha-health"], "categories": ["work_assessment"],
-            "purposes": ["work_capacity_assessment"], "method": "in_person", "witness": "Pekka Salo, work coach"}
+    body = {
+        "person_id": person_id,
+        "recipients": ["varha-health"],
+        "categories": ["work_assessment"],
+        "purposes": ["work_capacity_assessment"],
+        "method": "in_person",
+        "witness": "Pekka Salo, work coach",
+    }
     body.update(overrides)
     return body
 
@@ -29,11 +35,13 @@ def test_an_in_person_consent_is_recorded_with_its_text_and_history(env: Env) ->
     assert consent["explicit"] is True and consent["language"] == "sv"
     with env.broker.uow(write=False) as uow:
         text = uow.session.get(ConsentTextRow, consent["text_sha256"])
-        events = uow.session.scalars(select(ConsentEventRow)
-                                     .where(ConsentEventRow.consent_id == consent["consent_id"])).all()
+        events = uow.session.scalars(
+            select(ConsentEventRow).where(ConsentEventRow.consent_id == consent["consent_id"])
+        ).all()
     assert text is not None and text.language == "sv" and "varha-health" in text.text
     assert [(e.action, e.by_kind, e.by_org, e.by_actor) for e in events] == [
-        ("grant", "professional", "kisalli", "kisalli-staff-1")]
+        ("grant", "professional", "kisalli", "kisalli-staff-1")
+    ]
 
 
 def test_a_consent_given_in_person_needs_a_witness(env: Env) -> None:
@@ -115,7 +123,7 @@ def test_the_receipt_is_a_jws_that_verifies_with_the_published_keys(env: Env) ->
     tampered = receipt[:-4] + ("AAAA" if not receipt.endswith("AAAA") else "BBBB")
     try:
         verify_jws(tampered, jwks, typ="consent-receipt+jws")
-    except Exception as error:  # noqa: BLE001 - any signature failure is the expected outcome
+    except Exception as error:
         assert type(error).__name__ == "SignatureError"
     else:
         raise AssertionError("a tampered receipt verified")
@@ -123,13 +131,29 @@ def test_the_receipt_is_a_jws_that_verifies_with_the_published_keys(env: Env) ->
 
 def test_a_consent_request_is_created_pending(env: Env) -> None:
     person_id = env.person()
-    response = env.post("kisalli", "/consent-requests", {
-        "person_id": person_id, "recipients": ["kisalli"], "categories": ["service_need_assessment"],
-        "purposes": ["multisector_planning"], "valid_days": 180, "reason": "to plan your work activity"})
+    response = env.post(
+        "kisalli",
+        "/consent-requests",
+        {
+            "person_id": person_id,
+            "recipients": ["kisalli"],
+            "categories": ["service_need_assessment"],
+            "purposes": ["multisector_planning"],
+            "valid_days": 180,
+            "reason": "to plan your work activity",
+        },
+    )
     assert response.status_code == 201
     request = response.get_json()
     assert request["status"] == "pending" and request["requester"] == "kisalli"
-    missing_reason = env.post("kisalli", "/consent-requests", {
-        "person_id": person_id, "recipients": ["kisalli"], "categories": ["service_need_assessment"],
-        "purposes": ["multisector_planning"]})
+    missing_reason = env.post(
+        "kisalli",
+        "/consent-requests",
+        {
+            "person_id": person_id,
+            "recipients": ["kisalli"],
+            "categories": ["service_need_assessment"],
+            "purposes": ["multisector_planning"],
+        },
+    )
     assert missing_reason.status_code == 400 and missing_reason.get_json()["field"] == "reason"

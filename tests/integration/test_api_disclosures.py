@@ -12,23 +12,31 @@ from tests.support import Env
 
 
 def deposit(env: Env, org: str, person_id: str, category: str) -> str:
-    response = env.post(org, "/records", {"person_id": person_id, "category": category,
-                                          "content": EXAMPLES[category]})
+    response = env.post(org, "/records", {"person_id": person_id, "category": category, "content": EXAMPLES[category]})
     assert response.status_code == 201, response.get_json()
     record_id: str = response.get_json()["record_id"]
     return record_id
 
 
 def consent_to_health(env: Env, person_id: str) -> str:
-    response = env.post("kisalli", "/consents", {
-        "person_id": person_id, "recipients": ["varha-health"], "categories": ["work_assessment"],
-        "purposes": ["work_capacity_assessment"], "method": "in_person", "witness": "Pekka Salo"})
+    response = env.post(
+        "kisalli",
+        "/consents",
+        {
+            "person_id": person_id,
+            "recipients": ["varha-health"],
+            "categories": ["work_assessment"],
+            "purposes": ["work_capacity_assessment"],
+            "method": "in_person",
+            "witness": "Pekka Salo",
+        },
+    )
     assert response.status_code == 201, response.get_json()
     consent_id: str = response.get_json()["consent_id"]
     return consent_id
 
 
-def ask(env: Env, org: str, person_id: str, category: str, purpose: str, path: str = "/disclosures"):  # noqa: ANN201
+def ask(env: Env, org: str, person_id: str, category: str, purpose: str, path: str = "/disclosures"):
     return env.post(org, path, {"person_id": person_id, "category": category, "purpose": purpose})
 
 
@@ -40,8 +48,7 @@ def audit_events(env: Env) -> list[str]:
 def test_deposited_content_is_validated_by_its_category_schema(env: Env) -> None:
     person_id = env.person()
     bad = dict(EXAMPLES["work_assessment"], diagnosis="F32.1")
-    response = env.post("kisalli", "/records", {"person_id": person_id, "category": "work_assessment",
-                                                "content": bad})
+    response = env.post("kisalli", "/records", {"person_id": person_id, "category": "work_assessment", "content": bad})
     assert response.status_code == 400
     assert "diagnosis" in response.get_json()["errors"]["content"]
     unknown = env.post("kisalli", "/records", {"person_id": person_id, "category": "horoscope", "content": {}})
@@ -60,8 +67,11 @@ def test_records_are_encrypted_at_rest(env: Env) -> None:
 
 
 def test_a_depositing_partner_must_name_a_known_person(env: Env) -> None:
-    response = env.post("kisalli", "/records", {"person_id": "per_unknown", "category": "work_assessment",
-                                                "content": EXAMPLES["work_assessment"]})
+    response = env.post(
+        "kisalli",
+        "/records",
+        {"person_id": "per_unknown", "category": "work_assessment", "content": EXAMPLES["work_assessment"]},
+    )
     assert response.status_code == 404 and response.get_json()["code"] == "unknown_person"
 
 
@@ -124,9 +134,17 @@ def test_a_substance_incident_never_reaches_the_employment_authority_even_with_c
     person_id = env.person()
     env.serve(person_id, "kisalli", "turku-employment")
     deposit(env, "kisalli", person_id, "substance_incident")
-    env.post("kisalli", "/consents", {
-        "person_id": person_id, "recipients": ["turku-employment"], "categories": ["substance_incident"],
-        "purposes": ["follow_up"], "method": "paper"})
+    env.post(
+        "kisalli",
+        "/consents",
+        {
+            "person_id": person_id,
+            "recipients": ["turku-employment"],
+            "categories": ["substance_incident"],
+            "purposes": ["follow_up"],
+            "method": "paper",
+        },
+    )
     response = ask(env, "turku-employment", person_id, "substance_incident", "follow_up")
     assert response.status_code == 403
 
@@ -154,8 +172,7 @@ def test_unknown_category_and_purpose_are_named(env: Env) -> None:
     assert bad_purpose.get_json()["code"] == "unknown_purpose"
 
 
-def test_nothing_is_disclosed_when_the_audit_entry_cannot_be_written(env: Env,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_is_disclosed_when_the_audit_entry_cannot_be_written(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     person_id = env.person()
     env.serve(person_id, "kisalli", "varha-health")
     consent_to_health(env, person_id)

@@ -55,16 +55,18 @@ def test_unknown_and_missing_fields_are_named(env: Env) -> None:
 
 
 def test_malformed_json_and_wrong_types_are_client_errors(env: Env) -> None:
-    malformed = env.call("kisalli", "POST", "/api/v1/persons/resolve", data="{not json",
-                         content_type="application/json")
+    malformed = env.call(
+        "kisalli", "POST", "/api/v1/persons/resolve", data="{not json", content_type="application/json"
+    )
     wrong_type = env.post("kisalli", "/persons/resolve", {"hetu": 170590})
     assert malformed.status_code == 400 and malformed.get_json()["code"] == "invalid_json"
     assert wrong_type.status_code == 400 and wrong_type.get_json()["field"] == "hetu"
 
 
 def test_a_body_over_one_mebibyte_is_refused_before_parsing(env: Env) -> None:
-    response = env.call("kisalli", "POST", "/api/v1/persons/resolve", data="x" * (1024 * 1024 + 1),
-                        content_type="application/json")
+    response = env.call(
+        "kisalli", "POST", "/api/v1/persons/resolve", data="x" * (1024 * 1024 + 1), content_type="application/json"
+    )
     assert response.status_code == 413
     assert response.get_json()["code"] == "payload_too_large"
 
@@ -78,8 +80,9 @@ def test_requests_without_a_token_are_unauthorised(env: Env) -> None:
 
 def test_a_token_without_the_scope_is_forbidden(env: Env) -> None:
     token = env.token("kisalli", scope="records")
-    response = env.client.post("/api/v1/persons/resolve", json={"hetu": new_hetu()},
-                               headers={"Authorization": f"Bearer {token}"})
+    response = env.client.post(
+        "/api/v1/persons/resolve", json={"hetu": new_hetu()}, headers={"Authorization": f"Bearer {token}"}
+    )
     assert response.status_code == 403
     assert response.get_json()["code"] == "insufficient_scope"
 

@@ -55,9 +55,7 @@ def test_a_revoked_access_token_is_refused_with_401(bed: OAuthTestBed, partner: 
     assert "revoked" in response.get_json(force=True)["detail"]
 
 
-def test_revoking_another_clients_token_does_nothing_but_answers_200(
-    bed: OAuthTestBed, partner: Partner
-) -> None:
+def test_revoking_another_clients_token_does_nothing_but_answers_200(bed: OAuthTestBed, partner: Partner) -> None:
     other = bed.add_partner("varha")
     token = bed.token(partner)
     assert bed.revoke(other, token).status_code == 200
@@ -103,9 +101,7 @@ def test_a_token_missing_the_scope_is_refused_with_403(bed: OAuthTestBed, partne
 def test_a_scope_taken_from_the_partner_stops_working_at_once(bed: OAuthTestBed, partner: Partner) -> None:
     token = bed.token(partner)
     with bed.broker.uow() as uow:
-        uow.session.execute(
-            update(PartnerRow).where(PartnerRow.client_id == "kisalli").values(scopes=["records"])
-        )
+        uow.session.execute(update(PartnerRow).where(PartnerRow.client_id == "kisalli").values(scopes=["records"]))
         uow.commit()
     assert_problem(bed.get("/protected/consents", token), 403, "insufficient_scope", "Bearer")
 
@@ -115,9 +111,7 @@ def test_a_deactivated_partners_token_stops_working_at_once(bed: OAuthTestBed, p
     with bed.broker.uow() as uow:
         uow.session.execute(update(PartnerRow).where(PartnerRow.client_id == "kisalli").values(active=False))
         uow.commit()
-    assert_problem(
-        bed.get("/protected/consents", token), 401, "invalid_token", 'Bearer error="invalid_token"'
-    )
+    assert_problem(bed.get("/protected/consents", token), 401, "invalid_token", 'Bearer error="invalid_token"')
 
 
 def test_a_request_without_credentials_gets_a_bare_bearer_challenge(bed: OAuthTestBed) -> None:
@@ -143,9 +137,7 @@ def test_the_bearer_scheme_name_is_case_insensitive(bed: OAuthTestBed, partner: 
     assert bed.get("/protected/consents", authorization=f"bearer {token}").status_code == 200
 
 
-def test_authenticate_request_works_without_flask_and_in_a_given_session(
-    bed: OAuthTestBed, partner: Partner
-) -> None:
+def test_authenticate_request_works_without_flask_and_in_a_given_session(bed: OAuthTestBed, partner: Partner) -> None:
     token = bed.token(partner, scope="consents")
     caller = authenticate_request(bed.broker, f"Bearer {token}", "consents")
     assert (caller.partner_id, caller.organisation_id, caller.org_type) == (

@@ -22,9 +22,7 @@ TRIALS = 5
 
 
 @pytest.mark.parametrize("backend", RACE_BACKENDS)
-def test_eight_concurrent_replays_of_one_assertion_get_exactly_one_token(
-    backend: str, tmp_path: Path
-) -> None:
+def test_eight_concurrent_replays_of_one_assertion_get_exactly_one_token(backend: str, tmp_path: Path) -> None:
     with open_test_bed(backend, tmp_path) as bed:
         partner = bed.add_partner("kisalli")
         for trial in range(TRIALS):
@@ -43,9 +41,7 @@ def test_eight_concurrent_replays_of_one_assertion_get_exactly_one_token(
                 return response.status_code, body.get("error", "")
 
             with ThreadPoolExecutor(max_workers=REPLAYS) as pool:
-                outcomes = Counter(
-                    future.result() for future in [pool.submit(replay) for _ in range(REPLAYS)]
-                )
+                outcomes = Counter(future.result() for future in [pool.submit(replay) for _ in range(REPLAYS)])
             assert outcomes == Counter({(200, ""): 1, (401, "invalid_client"): REPLAYS - 1}), f"trial {trial}"
 
         with bed.broker.uow(write=False) as uow:

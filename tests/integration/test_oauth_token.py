@@ -117,9 +117,7 @@ def test_each_used_jti_is_kept_until_the_assertion_expiry_plus_the_clock_skew_al
         assert utc(row.expires_at) == NOW + timedelta(seconds=45 + 10)
 
 
-def test_the_token_hook_runs_inside_the_token_transaction_with_the_caller(
-    bed: OAuthTestBed, partner: Partner
-) -> None:
+def test_the_token_hook_runs_inside_the_token_transaction_with_the_caller(bed: OAuthTestBed, partner: Partner) -> None:
     token = bed.token(partner, scope="consents")
     [call] = bed.hook_calls
     assert call.token_row_visible
@@ -147,9 +145,7 @@ def test_the_token_endpoint_url_as_audience_is_rejected(bed: OAuthTestBed, partn
     assert_error(response, 401, "invalid_client", "aud", ISSUER)
 
 
-def test_an_audience_array_is_rejected_even_when_it_holds_the_issuer(
-    bed: OAuthTestBed, partner: Partner
-) -> None:
+def test_an_audience_array_is_rejected_even_when_it_holds_the_issuer(bed: OAuthTestBed, partner: Partner) -> None:
     response = bed.token_request(bed.assertion(partner, aud=[ISSUER]))
     assert_error(response, 401, "invalid_client", "single string")
 
@@ -188,9 +184,7 @@ def test_an_assertion_not_valid_yet_is_rejected(bed: OAuthTestBed, partner: Part
 
 
 @pytest.mark.parametrize("claim", ["exp", "iat", "jti"])
-def test_an_assertion_without_exp_iat_or_jti_is_rejected(
-    bed: OAuthTestBed, partner: Partner, claim: str
-) -> None:
+def test_an_assertion_without_exp_iat_or_jti_is_rejected(bed: OAuthTestBed, partner: Partner, claim: str) -> None:
     response = bed.token_request(bed.assertion(partner, **{claim: OMIT}))
     assert_error(response, 401, "invalid_client", claim)
 
@@ -232,9 +226,7 @@ def test_alg_none_is_rejected(bed: OAuthTestBed, partner: Partner) -> None:
     assert_error(bed.token_request(forged), 401, "invalid_client", "none")
 
 
-def test_hs256_signed_with_the_partners_public_key_as_secret_is_rejected(
-    bed: OAuthTestBed, partner: Partner
-) -> None:
+def test_hs256_signed_with_the_partners_public_key_as_secret_is_rejected(bed: OAuthTestBed, partner: Partner) -> None:
     public = partner.key.as_dict(private=False)
     for secret in (OKPKey.import_key(public).public_key.public_bytes_raw(), public["x"].encode()):
         forged = sign({"alg": "HS256", "kid": "key-1"}, bed.claims(partner), OctKey.import_key(secret))
@@ -263,9 +255,7 @@ def test_a_signature_with_a_flipped_bit_is_rejected(bed: OAuthTestBed, partner: 
 
 
 @pytest.mark.parametrize("name", ["jwk", "jku", "x5u", "x5c"])
-def test_a_key_carried_or_pointed_at_by_the_header_is_rejected(
-    bed: OAuthTestBed, partner: Partner, name: str
-) -> None:
+def test_a_key_carried_or_pointed_at_by_the_header_is_rejected(bed: OAuthTestBed, partner: Partner, name: str) -> None:
     attacker = OKPKey.generate_key("Ed25519")
     values = {
         "jwk": attacker.as_dict(private=False),
@@ -308,9 +298,7 @@ def test_a_partner_with_several_keys_must_name_one_by_kid(bed: OAuthTestBed) -> 
 @pytest.mark.parametrize(
     "extra", [{"crit": ["exp"], "exp": 1}, {"crit": ["b64"], "b64": False}, {"typ": "at+jwt"}, {"cty": "JWT"}]
 )
-def test_unexpected_header_parameters_are_rejected(
-    bed: OAuthTestBed, partner: Partner, extra: dict[str, Any]
-) -> None:
+def test_unexpected_header_parameters_are_rejected(bed: OAuthTestBed, partner: Partner, extra: dict[str, Any]) -> None:
     assert isinstance(partner.key, OKPKey)
     forged = signed_by_hand({"alg": "Ed25519", "kid": "key-1", **extra}, bed.claims(partner), partner.key)
     assert_error(bed.token_request(forged), 401, "invalid_client")
@@ -371,9 +359,7 @@ def test_a_malformed_act_claim_is_rejected(bed: OAuthTestBed, partner: Partner, 
     assert_error(bed.token_request(bed.assertion(partner, act=act)), 400, "invalid_request", words)
 
 
-def test_a_role_not_allowed_for_the_organisation_type_is_rejected(
-    bed: OAuthTestBed, partner: Partner
-) -> None:
+def test_a_role_not_allowed_for_the_organisation_type_is_rejected(bed: OAuthTestBed, partner: Partner) -> None:
     assertion = bed.assertion(partner, act={"sub": "staff-42", "role": "physician"})
     assert_error(bed.token_request(assertion), 400, "invalid_request", "physician", "employment_services")
     assert stored_tokens(bed) == 0
@@ -439,9 +425,7 @@ def test_other_client_authentication_methods_are_rejected(bed: OAuthTestBed, par
     assert_error(wrong_type, 401, "invalid_client", "client_assertion_type")
 
 
-def test_parameters_must_be_form_encoded_in_the_body_and_not_repeated(
-    bed: OAuthTestBed, partner: Partner
-) -> None:
+def test_parameters_must_be_form_encoded_in_the_body_and_not_repeated(bed: OAuthTestBed, partner: Partner) -> None:
     client = bed.app.test_client()
     form = {
         "grant_type": "client_credentials",
@@ -458,9 +442,7 @@ def test_parameters_must_be_form_encoded_in_the_body_and_not_repeated(
 # --- interoperability and housekeeping ---
 
 
-def test_an_authlib_client_assertion_works_when_built_the_way_the_docs_say(
-    bed: OAuthTestBed, partner: Partner
-) -> None:
+def test_an_authlib_client_assertion_works_when_built_the_way_the_docs_say(bed: OAuthTestBed, partner: Partner) -> None:
     # PITFALLS.md: pass the issuer (not the token endpoint) as audience, and a short exp instead of the
     # one-hour default; Authlib's clock is the real one, so the pinned time is passed explicitly here.
     now = int(bed.clock.now().timestamp())

@@ -35,10 +35,15 @@ def test_no_disclosure_under_a_consent_commits_after_its_withdrawal(env: Env) ->
         persons.start_relationship(broker, health, person_id)
         records.deposit_record(broker, kisalli, person_id, "work_assessment", EXAMPLES["work_assessment"])
         consent = consents.record_consent(
-            broker, kisalli, person_id,
-            ConsentTerms(recipients=["varha-health"], categories=["work_assessment"],
-                         purposes=["work_capacity_assessment"]),
-            method="in_person", witness="witness")
+            broker,
+            kisalli,
+            person_id,
+            ConsentTerms(
+                recipients=["varha-health"], categories=["work_assessment"], purposes=["work_capacity_assessment"]
+            ),
+            method="in_person",
+            witness="witness",
+        )
         start = threading.Barrier(DISCLOSERS + 1)
         ask = disclosures.DisclosureAsk(person_id, "work_assessment", "work_capacity_assessment")
 
@@ -60,9 +65,12 @@ def test_no_disclosure_under_a_consent_commits_after_its_withdrawal(env: Env) ->
             permitted = [f.result() for f in permits]
 
         with broker.uow(write=False) as uow:
-            entries = [json.loads(e) for e in uow.session.scalars(
-                select(AuditEntryRow.entry).where(AuditEntryRow.person_id == person_id)
-                .order_by(AuditEntryRow.idx))]
+            entries = [
+                json.loads(e)
+                for e in uow.session.scalars(
+                    select(AuditEntryRow.entry).where(AuditEntryRow.person_id == person_id).order_by(AuditEntryRow.idx)
+                )
+            ]
         withdraw_index = next(e["index"] for e in entries if e["event"] == "consent:withdraw")
         late = [i for i in permitted if i is not None and i > withdraw_index]
         assert late == [], f"trial {trial}: disclosures {late} committed after the withdrawal {withdraw_index}"

@@ -177,9 +177,7 @@ def test_identifiers_that_merely_contain_digits_are_not_taken_for_identity_codes
     # The bare pattern \d{6}[-+A-FU-Y]\d{3}[0-9A-Y] matches inside this UUID ("345678-1234"); about one random
     # UUID in a hundred looks like that, and refusing it would stop a disclosure for nothing.
     rng = random.Random(8)
-    ids = ["c0345678-1234-4abc-8def-0123456789ab"] + [
-        str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(2000)
-    ]
+    ids = ["c0345678-1234-4abc-8def-0123456789ab"] + [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(2000)]
     ids += [hashlib.sha256(str(i).encode()).hexdigest() for i in range(2000)]
     entry = disclosure(record_ids=ids, detail={"consent_ids": ids[:50]})
     assert entry["record_ids"] == ids

@@ -148,9 +148,7 @@ TAMPERING: dict[str, tuple[Callable[[], list[Row]], str, int]] = {
 
 
 @pytest.mark.parametrize(("tamper", "kind", "index"), TAMPERING.values(), ids=TAMPERING.keys())
-def test_tampering_is_found_at_the_first_affected_entry(
-    tamper: Callable[[], list[Row]], kind: str, index: int
-) -> None:
+def test_tampering_is_found_at_the_first_affected_entry(tamper: Callable[[], list[Row]], kind: str, index: int) -> None:
     expect_failure(tamper(), kind, index)
 
 
@@ -192,9 +190,7 @@ def test_a_wrong_expected_root_is_a_root_mismatch() -> None:
         pytest.param(lambda d: d.replace(b'"index":4', b'"index":4e0'), id="exponent index"),
         pytest.param(lambda d: d.replace(b'"records":1', b'"records":NaN'), id="NaN"),
         pytest.param(lambda d: d.replace(b'"records":1', b'"records":9007199254740992'), id="unsafe integer"),
-        pytest.param(
-            lambda d: d.replace(b'"records":1', b'"records":' + b"[" * 100_000 + b"]" * 100_000), id="deep"
-        ),
+        pytest.param(lambda d: d.replace(b'"records":1', b'"records":' + b"[" * 100_000 + b"]" * 100_000), id="deep"),
         pytest.param(lambda d: b"[" + d + b"]", id="array"),
         pytest.param(lambda d: b"null", id="null"),
     ],
@@ -270,9 +266,7 @@ def test_verify_jsonl_prints_size_and_root(tmp_path: Path, capsys: pytest.Captur
     assert capsys.readouterr().out == f"size {SIZE}\nroot {ROOT.hex()}\n"
 
 
-def test_verify_jsonl_accepts_a_missing_final_newline(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_verify_jsonl_accepts_a_missing_final_newline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_jsonl(tmp_path / "entries.jsonl", [data for _, data, _ in LOG], end=b"")
     assert main(["verify-jsonl", str(path)]) == 0
     assert f"root {ROOT.hex()}" in capsys.readouterr().out

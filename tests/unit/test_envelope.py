@@ -73,9 +73,7 @@ def test_a_flipped_bit_fails_to_open(store: KeyStore, sealed: Sealed, field: str
 
 @pytest.mark.parametrize("field", ["ciphertext", "nonce", "wrapped_key"])
 @pytest.mark.parametrize("change", ["truncated", "extended", "empty"])
-def test_a_field_of_the_wrong_length_fails_to_open(
-    store: KeyStore, sealed: Sealed, field: str, change: str
-) -> None:
+def test_a_field_of_the_wrong_length_fails_to_open(store: KeyStore, sealed: Sealed, field: str, change: str) -> None:
     value = getattr(sealed, field)
     new = {"truncated": value[:-1], "extended": value + b"\x00" * 8, "empty": b""}[change]
     with pytest.raises(DecryptionError):
@@ -133,9 +131,7 @@ def test_the_decryption_error_is_opaque(store: KeyStore, sealed: Sealed) -> None
     assert errors == [("the sealed value could not be opened", "decryption_failed", None)] * 3
 
 
-def test_rewrap_after_a_new_kek_moves_the_data_key_and_keeps_the_ciphertext(
-    store: KeyStore, sealed: Sealed
-) -> None:
+def test_rewrap_after_a_new_kek_moves_the_data_key_and_keeps_the_ciphertext(store: KeyStore, sealed: Sealed) -> None:
     new_kek = store.add_kek()
     moved = rewrap(sealed, store)
     assert moved.kek_id == new_kek != sealed.kek_id

@@ -128,9 +128,7 @@ def test_a_folder_open_to_others_is_refused(keys_dir: Path, store: KeyStore) -> 
 
 
 def test_a_corrupt_key_file_is_an_error_not_a_missing_key(keys_dir: Path, store: KeyStore) -> None:
-    (keys_dir / "kek-000009-deadbeef.jwk").write_text(
-        '{"kty": "oct", "kid": "kek-000009-deadbeef", "k": "AA"}'
-    )
+    (keys_dir / "kek-000009-deadbeef.jwk").write_text('{"kty": "oct", "kid": "kek-000009-deadbeef", "k": "AA"}')
     (keys_dir / "kek-000009-deadbeef.jwk").chmod(0o600)
     with pytest.raises(KeyStoreError, match="32-byte"):
         KeyStore.open(keys_dir)

@@ -32,9 +32,7 @@ def test_every_permit_rule_has_a_permitting_case_and_every_forbid_a_forbidden_on
 
 def test_every_case_cites_a_flow_the_policy_encodes() -> None:
     for case in CASES:
-        assert case.flow == "none" or any(re.fullmatch(rf"{case.flow}[a-z]?", r.id) for r in POLICY.rules), (
-            case.name
-        )
+        assert case.flow == "none" or any(re.fullmatch(rf"{case.flow}[a-z]?", r.id) for r in POLICY.rules), case.name
 
 
 def test_the_denials_that_matter_are_covered() -> None:
@@ -140,11 +138,7 @@ def test_eval_answers_a_what_if_in_json() -> None:
         "now": "2025-06-01T09:00:00Z",
     }
     answer = evaluate_json(POLICY, document)
-    assert (
-        answer["effect"] == "permit"
-        and answer["basis"]["rule"] == "F7"
-        and answer["basis"]["consent_id"] == "c-9"
-    )
+    assert answer["effect"] == "permit" and answer["basis"]["rule"] == "F7" and answer["basis"]["consent_id"] == "c-9"
     assert answer["policy_version"] == POLICY.version
     with pytest.raises(ValueError, match="now"):
         evaluate_json(POLICY, {**document, "now": "2025-06-01T09:00:00"})  # a naive clock is refused

@@ -151,9 +151,7 @@ def test_a_representative_of_unknown_kind_does_not_count() -> None:
 def test_the_deepest_consent_failure_is_reported() -> None:
     # One consent is for another purpose, the other names the purpose but is not explicit: the second
     # says more.
-    facts = f7_facts(
-        f7_consent(purposes=frozenset({"follow_up"})), f7_consent(consent_id="c-2", explicit=False)
-    )
+    facts = f7_facts(f7_consent(purposes=frozenset({"follow_up"})), f7_consent(consent_id="c-2", explicit=False))
     assert codes(decide(f7_request(), facts, POLICY, NOW))[0] == "consent_not_explicit"
 
 
@@ -355,9 +353,7 @@ def test_the_engine_reads_no_clock_and_does_no_io() -> None:
         "typing",
         "policies",
     }
-    calls = {
-        n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-    }
+    calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
     names = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert not calls & {"now", "utcnow", "today", "time", "monotonic", "read_text", "read_bytes"}
     assert "open" not in names and "print" not in names
@@ -429,8 +425,7 @@ consents = st.builds(
     written=st.booleans(),
     bound_to_org=st.none() | st.sampled_from(ORGS),
     given_by=st.sampled_from(["person", "person", "representative"]),
-    mandate=st.none()
-    | st.sampled_from(["custodian", "guardian_personal", "continuing_poa_personal", "relative"]),
+    mandate=st.none() | st.sampled_from(["custodian", "guardian_personal", "continuing_poa_personal", "relative"]),
     withdrawn_at=st.none(),
 )
 facts = st.builds(
@@ -456,9 +451,7 @@ def test_without_relationships_or_consents_only_a_statute_or_an_exception_permit
 
 @PROPERTY
 @given(requests, facts)
-def test_a_permit_always_rests_on_a_rule_that_lists_the_request(
-    request: DecisionRequest, known: Facts
-) -> None:
+def test_a_permit_always_rests_on_a_rule_that_lists_the_request(request: DecisionRequest, known: Facts) -> None:
     decision = decide(request, known, POLICY, NOW)
     assert "engine_error" not in codes(decision)
     if not decision.permitted:
@@ -482,16 +475,12 @@ def test_a_permit_always_rests_on_a_rule_that_lists_the_request(
 
 @PROPERTY
 @given(requests, facts, st.integers(0, 4))
-def test_withdrawing_a_consent_never_opens_anything(
-    request: DecisionRequest, known: Facts, which: int
-) -> None:
+def test_withdrawing_a_consent_never_opens_anything(request: DecisionRequest, known: Facts, which: int) -> None:
     before = decide(request, known, POLICY, NOW)
     if not known.consents:
         return
     target = known.consents[which % len(known.consents)]
-    withdrawn = tuple(
-        replace(c, status="withdrawn", withdrawn_at=NOW) if c is target else c for c in known.consents
-    )
+    withdrawn = tuple(replace(c, status="withdrawn", withdrawn_at=NOW) if c is target else c for c in known.consents)
     after = decide(request, replace(known, consents=withdrawn), POLICY, NOW)
     assert before.permitted or not after.permitted
     assert after.basis is None or after.basis.consent_id != target.consent_id

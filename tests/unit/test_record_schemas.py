@@ -329,9 +329,7 @@ def test_content_that_is_not_an_object_is_rejected(content: object) -> None:
 
 @pytest.mark.parametrize("category", sorted(CATEGORIES))
 def test_every_category_rejects_an_unknown_field(category: str) -> None:
-    assert _messages(category, {**_example(category), "diagnosis": "F32.1"}) == {
-        "diagnosis": ["Unknown field."]
-    }
+    assert _messages(category, {**_example(category), "diagnosis": "F32.1"}) == {"diagnosis": ["Unknown field."]}
 
 
 @pytest.mark.parametrize(("category", "name"), _all(fields.Nested))
@@ -461,9 +459,7 @@ def test_every_category_rejects_empty_text(category: str, name: str, shape: str)
 
 @pytest.mark.parametrize(("category", "name", "shape"), _text_paths())
 @pytest.mark.parametrize("character", CONTROL_CHARACTERS)
-def test_every_category_rejects_control_characters(
-    category: str, name: str, shape: str, character: str
-) -> None:
+def test_every_category_rejects_control_characters(category: str, name: str, shape: str, character: str) -> None:
     assert name in _messages(category, _with_text(category, name, shape, f"Sanna{character}Virtanen"))
 
 
@@ -478,23 +474,17 @@ def test_every_category_rejects_control_characters(
         ("interruption_notice", "results_summary", 4000),
     ],
 )
-def test_short_text_ends_at_200_and_long_text_at_4000_characters(
-    category: str, name: str, limit: int
-) -> None:
+def test_short_text_ends_at_200_and_long_text_at_4000_characters(category: str, name: str, limit: int) -> None:
     load_record(category, {**_example(category), name: "ä" * limit})
     assert name in _messages(category, {**_example(category), name: "ä" * (limit + 1)})
 
 
 def test_list_items_are_short_text() -> None:
     load_record("work_assessment", {**_example("work_assessment"), "tasks_tried": ["a" * 200]})
-    assert "tasks_tried" in _messages(
-        "work_assessment", {**_example("work_assessment"), "tasks_tried": ["a" * 201]}
-    )
+    assert "tasks_tried" in _messages("work_assessment", {**_example("work_assessment"), "tasks_tried": ["a" * 201]})
 
 
-@pytest.mark.parametrize(
-    "value", ["sanna.virtanen", "sanna@", "@varha.example", "sanna virtanen@varha.example"]
-)
+@pytest.mark.parametrize("value", ["sanna.virtanen", "sanna@", "@varha.example", "sanna virtanen@varha.example"])
 def test_an_email_address_is_validated(value: str) -> None:
     assert "email" in _messages("contact_details", {"name": "Sanna Virtanen", "email": value})
 
@@ -557,17 +547,13 @@ def test_the_employment_authority_sees_only_date_and_reason_category_of_an_inter
 def test_employment_services_see_a_health_check_without_physician_notes() -> None:
     # flows.md F8: "attended, relevant restrictions, recommended services".
     content = load_record("health_check_summary", _example("health_check_summary"))
-    projected = project(
-        "health_check_summary", content, ["attended", "work_restrictions", "recommended_services"]
-    )
+    projected = project("health_check_summary", content, ["attended", "work_restrictions", "recommended_services"])
     assert set(projected) == {"attended", "work_restrictions", "recommended_services"}
     assert "physician_notes" not in projected
 
 
 def test_project_leaves_out_allowed_fields_the_content_does_not_have() -> None:
-    assert project("contact_details", {"name": "Sanna Virtanen"}, ["name", "email"]) == {
-        "name": "Sanna Virtanen"
-    }
+    assert project("contact_details", {"name": "Sanna Virtanen"}, ["name", "email"]) == {"name": "Sanna Virtanen"}
 
 
 def test_project_ignores_names_the_category_does_not_define() -> None:
@@ -604,9 +590,7 @@ _names = st.sampled_from(sorted({name for category in CATEGORIES for name in fie
 _keys = st.one_of(_names, st.text(max_size=20))
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=10,
 )
 
@@ -630,18 +614,14 @@ def test_project_never_returns_a_field_outside_the_allow_list(
 
 @settings(database=None, max_examples=100)
 @given(category=st.sampled_from(sorted(CATEGORIES)), allowed=st.sets(_names, max_size=8))
-def test_project_of_a_valid_record_returns_exactly_the_allowed_fields_it_has(
-    category: str, allowed: set[str]
-) -> None:
+def test_project_of_a_valid_record_returns_exactly_the_allowed_fields_it_has(category: str, allowed: set[str]) -> None:
     content = load_record(category, _example(category))
     assert set(project(category, content, allowed)) == allowed & set(content)
 
 
 @settings(database=None, max_examples=300)
 @given(category=st.sampled_from(sorted(CATEGORIES)), content=st.dictionaries(_keys, _json, max_size=12))
-def test_arbitrary_json_content_either_loads_or_raises_validation_error(
-    category: str, content: dict[str, Any]
-) -> None:
+def test_arbitrary_json_content_either_loads_or_raises_validation_error(category: str, content: dict[str, Any]) -> None:
     try:
         loaded = load_record(category, content)
     except ValidationError as error:
@@ -656,8 +636,7 @@ def test_arbitrary_json_content_either_loads_or_raises_validation_error(
 @given(text=st.text(max_size=300))
 def test_text_is_accepted_exactly_when_it_has_no_forbidden_characters(text: str) -> None:
     forbidden = any(
-        (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF
-        for c in text
+        (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF for c in text
     )
     content = {**_example("attendance_report"), "next_step": text}
     if forbidden or not text:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from marshmallow import RAISE
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from broker.http.api import current_broker, current_caller
 from broker.oauth import require_scope
@@ -15,8 +15,7 @@ from schemas import api as s
 
 blp = Blueprint("api", __name__, url_prefix="/api/v1", description="Consent Broker partner API")
 
-PROBLEMS = {"400": "invalid request", "401": "no valid access token", "403": "forbidden",
-            "404": "not found"}
+PROBLEMS = {"400": "invalid request", "401": "no valid access token", "403": "forbidden", "404": "not found"}
 
 
 def _responses(*codes: int) -> Any:
@@ -24,8 +23,12 @@ def _responses(*codes: int) -> Any:
 
     def decorate(func: Any) -> Any:
         for code in codes:
-            func = blp.alt_response(code, schema=s.ProblemSchema, description=PROBLEMS.get(str(code), ""),
-                                    content_type="application/problem+json")(func)
+            func = blp.alt_response(
+                code,
+                schema=s.ProblemSchema,
+                description=PROBLEMS.get(str(code), ""),
+                content_type="application/problem+json",
+            )(func)
         return func
 
     return decorate
@@ -71,8 +74,13 @@ class ConsentRequests(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Ask the person for a consent; the person answers in the portal."""
         return consents.request_consent(
-            current_broker(), current_caller(), body["person_id"], recipients=body["recipients"],
-            categories=body["categories"], purposes=body["purposes"], valid_days=body["valid_days"],
+            current_broker(),
+            current_caller(),
+            body["person_id"],
+            recipients=body["recipients"],
+            categories=body["categories"],
+            purposes=body["purposes"],
+            valid_days=body["valid_days"],
             reason=body["reason"],
         )
 
@@ -86,12 +94,18 @@ class Consents(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Record a consent the person gave in person (with a witness) or on paper."""
         terms = consents.ConsentTerms(
-            recipients=body["recipients"], categories=body["categories"], purposes=body["purposes"],
-            valid_until=body["valid_until"], bound_to_relationship=body["bound_to_relationship"],
-            explicit=body["explicit"], written=body["written"], language=body["language"],
+            recipients=body["recipients"],
+            categories=body["categories"],
+            purposes=body["purposes"],
+            valid_until=body["valid_until"],
+            bound_to_relationship=body["bound_to_relationship"],
+            explicit=body["explicit"],
+            written=body["written"],
+            language=body["language"],
         )
-        return consents.record_consent(current_broker(), current_caller(), body["person_id"], terms,
-                                       method=body["method"], witness=body["witness"])
+        return consents.record_consent(
+            current_broker(), current_caller(), body["person_id"], terms, method=body["method"], witness=body["witness"]
+        )
 
     @require_scope("consents")
     @blp.arguments(s.ConsentListQuerySchema, location="query", unknown=RAISE)
@@ -120,8 +134,10 @@ class ConsentReceipt(MethodView):
     @_responses(401, 403, 404)
     def get(self, consent_id: str) -> dict[str, Any]:
         """The signed consent receipt: a compact JWS (Ed25519) verifiable with /.well-known/jwks.json."""
-        return {"consent_id": consent_id,
-                "receipt": consents.consent_receipt(current_broker(), current_caller(), consent_id)}
+        return {
+            "consent_id": consent_id,
+            "receipt": consents.consent_receipt(current_broker(), current_caller(), consent_id),
+        }
 
 
 @blp.route("/records")
@@ -132,8 +148,9 @@ class Records(MethodView):
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Deposit a record; its content is validated by the category's schema and encrypted at rest."""
-        return records.deposit_record(current_broker(), current_caller(), body["person_id"], body["category"],
-                                      body["content"])
+        return records.deposit_record(
+            current_broker(), current_caller(), body["person_id"], body["category"], body["content"]
+        )
 
 
 @blp.route("/disclosures")
@@ -145,8 +162,9 @@ class Disclosures(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Ask for the person's records of a category for a purpose. 403 `no_legal_basis` when no statute or
         consent permits it; the answer holds only the fields the purpose allows."""
-        ask = disclosures.DisclosureAsk(body["person_id"], body["category"], body["purpose"],
-                                        disclosures.parse_exception(body["exception"]))
+        ask = disclosures.DisclosureAsk(
+            body["person_id"], body["category"], body["purpose"], disclosures.parse_exception(body["exception"])
+        )
         return disclosures.request_disclosure(current_broker(), current_caller(), ask)
 
 
@@ -158,8 +176,9 @@ class Decisions(MethodView):
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Dry run: would the request be permitted, on what basis? Audited; discloses nothing."""
-        ask = disclosures.DisclosureAsk(body["person_id"], body["category"], body["purpose"],
-                                        disclosures.parse_exception(body["exception"]))
+        ask = disclosures.DisclosureAsk(
+            body["person_id"], body["category"], body["purpose"], disclosures.parse_exception(body["exception"])
+        )
         return disclosures.query_decision(current_broker(), current_caller(), ask)
 
 
@@ -171,8 +190,15 @@ class Notices(MethodView):
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Send a statutory notice (e.g. an interruption notice) to one organisation."""
-        return notices.send_notice(current_broker(), current_caller(), body["person_id"], body["kind"],
-                                   body["recipient"], body["content"], body["purpose"])
+        return notices.send_notice(
+            current_broker(),
+            current_caller(),
+            body["person_id"],
+            body["kind"],
+            body["recipient"],
+            body["content"],
+            body["purpose"],
+        )
 
 
 @blp.route("/inbox")
@@ -183,8 +209,9 @@ class Inbox(MethodView):
     @_responses(400, 401, 403)
     def get(self, query: dict[str, Any]) -> list[dict[str, Any]]:
         """Notices addressed to the calling organisation (unacknowledged unless asked)."""
-        return notices.read_inbox(current_broker(), current_caller(),
-                                  include_acknowledged=query["include_acknowledged"], limit=query["limit"])
+        return notices.read_inbox(
+            current_broker(), current_caller(), include_acknowledged=query["include_acknowledged"], limit=query["limit"]
+        )
 
 
 @blp.route("/inbox/<notice_id>/ack")
