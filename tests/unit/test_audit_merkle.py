@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
 
 import pytest
 
@@ -154,13 +153,11 @@ def test_leaf_hashes_must_be_32_bytes(bad: bytes) -> None:
 
 
 @pytest.mark.slow
-def test_a_million_leaves_hash_quickly_and_without_recursion() -> None:
+def test_a_million_leaves_hash_without_recursion() -> None:
+    # Far deeper than Python's recursion limit would allow a recursive MTH; speed is the benchmark's business.
     leaves = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(1_000_000)]
-    started = time.perf_counter()
     root = root_hash(leaves)
-    elapsed = time.perf_counter() - started
     frontier = Frontier.empty()
     for leaf in leaves:
         frontier.append(leaf)
     assert frontier.root() == root
-    assert elapsed < 10  # about 1 s on a laptop; the bound only catches an accidental O(n log n) or worse

@@ -8,7 +8,6 @@ import gc
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -303,25 +302,22 @@ def test_the_consent_index_is_built_once_per_facts_and_forgotten_with_them() -> 
     assert key not in engine._INDEXES
 
 
-def test_ten_thousand_consents_do_not_slow_a_decision() -> None:
+def test_a_decision_looks_only_at_consents_naming_the_requester_and_category() -> None:
+    # 10,000 consents for other recipients, each malformed so that evaluating any of them would be an engine
+    # error (a naive datetime): the permit shows that the decision never touched them. Speed itself is
+    # measured by the policy benchmark, not here.
     others = tuple(
         f7_consent(
             consent_id=f"c-{i}",
             recipients=frozenset({f"org-{i % 97}"}),
             categories=frozenset({"work_assessment", "contact_details"}),
+            valid_from=datetime(2020, 1, 1),
         )
         for i in range(10_000)
     )
     facts = f7_facts(*others, f7_consent(consent_id="c-mine"))
-    assert decide(f7_request(), facts, POLICY, NOW).permitted  # builds the index
-    timings = []
-    for _ in range(500):
-        start = time.perf_counter()
-        decide(f7_request(), facts, POLICY, NOW)
-        timings.append(time.perf_counter() - start)
-    # The target is p99 ≤ 50 µs on the benchmark machine; here only a generous bound that catches a
-    # linear scan.
-    assert sorted(timings)[len(timings) // 2] < 0.001
+    decision = decide(f7_request(), facts, POLICY, NOW)
+    assert decision.permitted and decision.basis is not None and decision.basis.consent_id == "c-mine"
 
 
 # --- purity ---------------------------------------------------------------------------------------------
