@@ -3,6 +3,11 @@
     python docs/examples/disclose.py PARTNER PERSON_ID CATEGORY PURPOSE
 
 Run against `make run`: it reads instance/demo.json for the broker's address and the partner's key file.
+The code below is shown in docs/api.md; a test keeps the two identical.
+
+`BrokerAssertion` is `private_key_jwt` the way the broker wants it (RFC 7523, RFC 10070): `aud` is the
+broker's issuer identifier, every assertion gets a fresh `jti` and lives 60 s (Authlib's defaults would keep
+one `jti` and a lifetime of an hour), and the `act` claim names the professional the system acts for.
 """
 
 import json
@@ -16,22 +21,14 @@ from joserfc.jwk import OKPKey
 
 
 class BrokerAssertion(PrivateKeyJWT):
-    """`private_key_jwt` the way the broker wants it (RFC 7523, RFC 10070):
-
-    - `aud` is the broker's issuer identifier (passed as the first argument), not the token endpoint;
-    - every assertion gets a fresh `jti` and lives 60 s — Authlib's default claims dict would keep one `jti`
-      for every later request and a lifetime of an hour;
-    - the `act` claim names the professional on whose behalf the partner system is acting.
-    """
-
     alg = "Ed25519"
 
     def __init__(self, issuer, actor):
-        super().__init__(issuer)
+        super().__init__(issuer)  # the first argument becomes `aud`: the issuer
         self.actor = actor
 
     def sign(self, auth, token_endpoint):
-        claims = {"jti": secrets.token_urlsafe(24), "act": self.actor}
+        claims = {"jti": secrets.token_urlsafe(24), "act": self.actor}  # fresh for every assertion
         return private_key_jwt_sign(
             auth.client_secret,
             client_id=auth.client_id,

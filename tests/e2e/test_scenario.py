@@ -175,3 +175,12 @@ def test_an_edited_a_deleted_and_a_reordered_audit_row_are_each_detected(served:
     assert reordered.returncode == 1 and "entry 2" in reordered.stderr and "index_mismatch" in reordered.stderr
     assert truncated.returncode == 1 and "size_mismatch" in truncated.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_the_example_in_the_api_guide_is_the_example_file() -> None:
+    import re
+
+    guide = (ROOT / "docs" / "api.md").read_text()
+    block = re.search(r"```python\n(.*?)```", guide, re.S)
+    assert block is not None
+    assert block.group(1) in (ROOT / "docs" / "examples" / "disclose.py").read_text()
