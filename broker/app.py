@@ -97,8 +97,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             "servers": [{"url": settings.issuer}],
             "security": [{"partner": []}],
         },
-        JSON_SORT_KEYS=False,
     )
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     app.extensions["broker"] = broker
 
     from broker.http.api.views import blp

@@ -135,6 +135,19 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_run(args: argparse.Namespace) -> int:
+    from broker.app import build_broker
+    from broker.oauth import purge_expired
+
+    broker = build_broker(_settings())
+    try:
+        jtis, tokens = purge_expired(broker)
+    finally:
+        broker.db.dispose()
+    print(f"forgot {jtis} used assertion ids and {tokens} expired access tokens")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="broker", description="Consent Broker")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--rules", type=Path, default=None, help="policy rules folder")
         if name == "test":
             command.add_argument("--cases", type=Path, default=None, help="decision tables folder")
+
+    jobs = commands.add_parser("jobs", help="scheduled jobs").add_subparsers(dest="jobs_command", required=True)
+    add("run", cmd_jobs_run, "run the periodic jobs once (forget expired assertion ids and tokens)", jobs)
 
     audit = commands.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
     add("verify", cmd_audit_verify, "verify the whole log in the database", audit)

@@ -18,7 +18,9 @@ from broker.domain.errors import InvalidHetuError
 
 CHECK_CHARS = "0123456789ABCDEFHJKLMNPRSTUVWXY"
 CENTURIES = {"+": 1800, **dict.fromkeys("-YXWVU", 1900), **dict.fromkeys("ABCDEF", 2000)}
-_SHAPE = re.compile(r"^(\d{2})(\d{2})(\d{2})([+\-YXWVUABCDEF])(\d{3})([0-9A-Y])$")
+# ASCII only: without it `\d` also matches other scripts' digits (e.g. full-width １), which `int()` accepts, so
+# one code would have several "canonical" spellings and the same person several look-up indexes.
+_SHAPE = re.compile(r"^(\d{2})(\d{2})(\d{2})([+\-YXWVUABCDEF])(\d{3})([0-9A-Y])$", re.ASCII)
 
 
 def normalise_hetu(value: object) -> str:

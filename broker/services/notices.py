@@ -24,6 +24,7 @@ from broker.domain.errors import (
     NoLegalBasisError,
     NotFoundError,
     UnknownOrganisationError,
+    UnknownPurposeError,
 )
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
@@ -59,6 +60,9 @@ def send_notice(
         raise InvalidRequestError(f"unknown notice kind '{kind}'; one of {', '.join(NOTICE_KINDS)}", field="kind")
     category, default_purpose = NOTICE_KINDS[kind]
     purpose = purpose or default_purpose
+    if purpose not in broker.policy.purposes:
+        # As for disclosures: a word the policy does not know is a client error, not a denial to log.
+        raise UnknownPurposeError(f"unknown purpose '{purpose}'", field="purpose")
     try:
         loaded = load_record(category, content)
     except ValidationError as error:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 21:14:02.884126
+Create Date: 2026-11-27
 """
 
 from __future__ import annotations

@@ -1,0 +1,476 @@
+"""`make bench`: disclosures per second over HTTP next to the same server's `/healthz` rate.
+
+What it does (docs/benchmarks.md has the numbers and how to read them):
+
+1. creates a fresh demo instance in a temporary folder (`broker demo --no-serve`, SQLite) and serves it with
+   `broker serve --workers 2` (gunicorn, sync workers) on a free loopback port;
+2. serves the reference app bench/bare_insert.py — one endpoint doing one durable SQLite insert — under the
+   same gunicorn settings on another free port;
+3. gets an access token for the `varha-health` partner (client_credentials + private_key_jwt, the assertion
+   built with joserfc) and checks that one disclosure of Mikko's work assessment is permitted;
+4. drives `GET /healthz`, `POST /insert` (bare app) and `POST /api/v1/disclosures` with wrk — same threads,
+   connections and duration for each, a short warm-up before each measured run, a fresh token per run;
+5. checks that wrk saw no error responses and no socket errors, that every disclosure was a permit, and that
+   the audit log verifies (`broker audit verify`);
+6. prints a table (requests/s, p50/p99 latency, ratio to /healthz) and writes
+   bench/results/http_disclosure-<date>.json.
+
+A benchmark, not a test: it sends traffic to 127.0.0.1 only, and every wrk run is bounded by `--duration`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+LUA = HERE / "wrk_report.lua"
+RESULTS = HERE / "results"
+BROKER = [sys.executable, "-m", "broker.cli"]
+TARGET = 0.15  # disclosures/s ≥ 15 % of /healthz/s on SQLite (the issue's target)
+PARTNER = "varha-health"
+PERSON = "Mikko Laine"
+ASK = {"category": "work_assessment", "purpose": "work_capacity_assessment"}
+WORKERS = 2
+INSTALL_WRK = "wrk is not installed. On Debian/Ubuntu: apt-get install -y wrk (as root; run apt-get update first)"
+
+
+# --- machine and software ---
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_gib = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model,
+        "memory_gib": mem_gib,
+        "kernel": platform.release(),
+    }
+
+
+def software_info(wrk: str) -> dict[str, Any]:
+    versions: dict[str, Any] = {"python": platform.python_version(), "sqlite": sqlite3.sqlite_version}
+    for name in ("flask", "gunicorn", "sqlalchemy", "flask-smorest", "marshmallow", "authlib", "joserfc"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    out = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    versions["wrk"] = (out.stdout or out.stderr).splitlines()[0].split(" Copyright")[0] if out.stdout or out.stderr else None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
+    versions["broker_commit"] = commit.stdout.strip() or None
+    return versions
+
+
+# --- servers ---
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 (a loopback URL we built)
+                if response.status == 200:
+                    return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not start ({url}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def serve(command: list[str], env: dict[str, str], log: Path, ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as handle:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(ready_url, process, log)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def taskset(cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus and shutil.which("taskset") else []
+
+
+# --- the partner side ---
+
+
+def http_json(url: str, *, data: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def fetch_token(base_url: str, issuer: str, instance: Path, demo: dict[str, Any]) -> str:
+    """client_credentials with a private_key_jwt assertion (RFC 7523), built as docs/examples/disclose.py's
+    Authlib client builds it: `aud` = the issuer, a fresh `jti`, 60 s lifetime, the `act` claim."""
+    from joserfc import jwt
+    from joserfc.jwk import OKPKey
+
+    partner = next(p for p in demo["partners"] if p["client_id"] == PARTNER)
+    key = OKPKey.import_key(json.loads((instance / partner["key_file"]).read_text()))
+    now = int(time.time())
+    claims = {
+        "iss": PARTNER,
+        "sub": PARTNER,
+        "aud": issuer,
+        "iat": now,
+        "exp": now + 60,
+        "jti": secrets.token_urlsafe(24),
+        "act": partner["actor"],
+    }
+    assertion = jwt.encode({"alg": "Ed25519", "kid": key.kid}, claims, key, algorithms=["Ed25519"])
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+            "scope": "disclosures",
+        }
+    ).encode()
+    status, body = http_json(
+        f"{base_url}/oauth/token", data=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    if status != 200:
+        raise SystemExit(f"token request failed: {status} {body}")
+    token: str = body["access_token"]
+    return token
+
+
+# --- wrk ---
+
+
+@dataclass(frozen=True)
+class Load:
+    threads: int
+    connections: int
+    duration: int
+    warmup: int
+    timeout: int
+    wrk_cpus: str | None
+
+
+def run_wrk(wrk: str, load: Load, url: str, env: dict[str, str], duration: int) -> dict[str, Any]:
+    command = [
+        *taskset(load.wrk_cpus),
+        wrk,
+        f"-t{load.threads}",
+        f"-c{load.connections}",
+        f"-d{duration}s",
+        f"--timeout={load.timeout}s",
+        "-s",
+        str(LUA),
+        url,
+    ]
+    out = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH-JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    result: dict[str, Any] = json.loads(line.removeprefix("BENCH-JSON "))
+    non2xx = next((x for x in out.stdout.splitlines() if "Non-2xx" in x), None)
+    result["non_2xx"] = int(non2xx.rsplit(":", 1)[1]) if non2xx else 0
+    result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["command"] = " ".join(["wrk", *command[command.index(wrk) + 1 : -3], "-s", LUA.name, "URL"])
+    return result
+
+
+# --- the benchmark ---
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate stands for the endpoint; all rates are kept."""
+    ordered = sorted(runs, key=lambda r: r["requests_per_s"])
+    median = ordered[len(ordered) // 2]
+    return {
+        "requests_per_s": round(median["requests_per_s"], 1),
+        "p50_ms": round(median["latency_us"]["p50"] / 1000, 2),
+        "p90_ms": round(median["latency_us"]["p90"] / 1000, 2),
+        "p99_ms": round(median["latency_us"]["p99"] / 1000, 2),
+        "rates": [round(r["requests_per_s"], 1) for r in runs],
+        "spread_pct": round(100 * (ordered[-1]["requests_per_s"] - ordered[0]["requests_per_s"]) / median["requests_per_s"], 1)
+        if median["requests_per_s"]
+        else None,
+        "requests": sum(r["requests"] for r in runs),
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+        "socket_errors": sum(r["errors"][k] for r in runs for k in ("connect", "read", "write", "timeout")),
+    }
+
+
+def disclosure_counts(db: Path) -> dict[str, int]:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = conn.execute(
+            "SELECT effect, count(*) FROM disclosures WHERE partner = ? AND category = ? GROUP BY effect",
+            (PARTNER, ASK["category"]),
+        ).fetchall()
+    return {effect: count for effect, count in rows}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.http_disclosure", description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up before each run (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of healthz/insert/disclosure (default 3)")
+    parser.add_argument(
+        "--pin",
+        choices=("wrk", "split", "none"),
+        default="wrk",
+        help="wrk: wrk on the last CPU, servers anywhere (default); split: wrk on the last CPU, servers on the "
+        "others; none: no pinning",
+    )
+    parser.add_argument("--label", default="", help="appended to the results file name (e.g. 'before')")
+    parser.add_argument("--no-write", action="store_true", help="do not write bench/results/*.json")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary instance and server logs")
+    args = parser.parse_args(argv)
+    if args.duration + args.warmup >= 240:
+        parser.error("keep warm-up + duration well under the access token's 300 s lifetime")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print(INSTALL_WRK, file=sys.stderr)
+        return 2
+    cpus = sorted(os.sched_getaffinity(0))
+    last = str(cpus[-1])
+    rest = ",".join(str(c) for c in cpus[:-1]) or None
+    wrk_cpus = None if args.pin == "none" or len(cpus) < 2 else last
+    server_cpus = rest if args.pin == "split" and len(cpus) >= 2 else None
+    load = Load(args.threads, args.connections, args.duration, args.warmup, timeout=10, wrk_cpus=wrk_cpus)
+
+    started = datetime.now(UTC)
+    workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
+    try:
+        return _run(args, wrk, load, server_cpus, workdir, started)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(
+    args: argparse.Namespace, wrk: str, load: Load, server_cpus: str | None, workdir: Path, started: datetime
+) -> int:
+    instance = workdir / "instance"
+    port, bare_port = free_port(), free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    bare_url = f"http://127.0.0.1:{bare_port}"
+    env = {**os.environ, "BROKER_MODE": "demo", "BROKER_INSTANCE_PATH": str(instance), "BROKER_ISSUER": base_url}
+    env.pop("BROKER_DATABASE_URL", None)  # SQLite in the instance folder
+
+    print(f"creating a demo instance in a temporary folder; broker on {base_url}, bare insert app on {bare_url}")
+    created = subprocess.run(
+        [*BROKER, "demo", "--no-serve", "--port", str(port)], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if created.returncode != 0:
+        print(created.stdout, created.stderr, file=sys.stderr)
+        return 1
+    demo = json.loads((instance / "demo.json").read_text())
+    person_id = next(p["person_id"] for p in demo["persons"] if p["name"] == PERSON)
+    body = json.dumps({"person_id": person_id, **ASK})
+
+    broker_cmd = [*taskset(server_cpus), *BROKER, "serve", "--port", str(port), "--workers", str(WORKERS)]
+    bare_env = {**env, "BENCH_BARE_DB": str(workdir / "bare.db")}
+    # The broker's gunicorn settings (broker/wsgi.py): sync workers, no preload, no access log.
+    bare_cmd = [
+        *taskset(server_cpus),
+        sys.executable,
+        "-m",
+        "gunicorn",
+        f"--bind=127.0.0.1:{bare_port}",
+        f"--workers={WORKERS}",
+        "--worker-class=sync",
+        "--timeout=30",
+        "--graceful-timeout=10",
+        "--log-level=warning",
+        "bench.bare_insert:create_app()",
+    ]
+    with (
+        serve(broker_cmd, env, workdir / "broker.log", f"{base_url}/healthz"),
+        serve(bare_cmd, bare_env, workdir / "bare.log", f"{bare_url}/healthz"),
+    ):
+        token = fetch_token(base_url, demo["issuer"], instance, demo)
+        status, first = http_json(
+            f"{base_url}/api/v1/disclosures",
+            data=body.encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        )
+        if status != 200 or not first.get("records"):
+            print(f"the disclosure is not permitted: {status} {first}", file=sys.stderr)
+            return 1
+        before = disclosure_counts(instance / "broker.db")
+
+        targets = {
+            "healthz": (f"{base_url}/healthz", {"BENCH_METHOD": "GET"}),
+            "bare_insert": (f"{bare_url}/insert", {"BENCH_METHOD": "POST", "BENCH_BODY": body}),
+            "disclosure": (f"{base_url}/api/v1/disclosures", {"BENCH_METHOD": "POST", "BENCH_BODY": body}),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        sent_disclosures = 0
+        pin_note = f"wrk on CPU {load.wrk_cpus}" if load.wrk_cpus else "wrk not pinned"
+        print(
+            f"wrk -t{load.threads} -c{load.connections} -d{load.duration}s ({load.warmup}s warm-up each), "
+            f"{args.rounds} round(s), {pin_note}, servers on CPU {server_cpus or 'any'}"
+        )
+        for round_no in range(1, args.rounds + 1):
+            for name, (url, wrk_env) in targets.items():
+                if name == "disclosure":  # a fresh token per run: each lives 300 s
+                    wrk_env = {**wrk_env, "BENCH_TOKEN": fetch_token(base_url, demo["issuer"], instance, demo)}
+                warm = run_wrk(wrk, load, url, wrk_env, load.warmup) if load.warmup else None
+                result = run_wrk(wrk, load, url, wrk_env, load.duration)
+                if name == "disclosure":
+                    sent_disclosures += result["requests"] + (warm["requests"] if warm else 0)
+                    if warm:
+                        result["warmup_non_2xx"] = warm["non_2xx"]
+                runs[name].append(result)
+                print(
+                    f"  round {round_no} {name:<12} {result['requests_per_s']:9.1f} req/s  "
+                    f"p50 {result['latency_us']['p50'] / 1000:7.2f} ms  p99 {result['latency_us']['p99'] / 1000:7.2f} ms  "
+                    f"non-2xx {result['non_2xx']}"
+                )
+        after = disclosure_counts(instance / "broker.db")
+
+    verify = subprocess.run(
+        [*BROKER, "audit", "verify"], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    summary = {name: summarise(results) for name, results in runs.items()}
+    health = summary["healthz"]["requests_per_s"]
+    for name in summary:
+        summary[name]["ratio_to_healthz"] = round(summary[name]["requests_per_s"] / health, 4) if health else None
+    ratio = summary["disclosure"]["ratio_to_healthz"]
+    permits = after.get("permit", 0) - before.get("permit", 0)
+    denies = after.get("deny", 0) - before.get("deny", 0)
+    warmup_non2xx = sum(r.get("warmup_non_2xx", 0) for r in runs["disclosure"])
+
+    checks = {
+        "disclosure_non_2xx": summary["disclosure"]["non_2xx"] + warmup_non2xx,
+        "non_2xx_all_endpoints": sum(s["non_2xx"] for s in summary.values()),
+        "socket_errors": sum(s["socket_errors"] for s in summary.values()),
+        "disclosures_counted_by_wrk": sent_disclosures,
+        "permits_committed": permits,
+        "denies_committed": denies,
+        "audit_verify": (verify.stdout or verify.stderr).strip(),
+        "audit_verify_ok": verify.returncode == 0,
+    }
+    ok = (
+        checks["non_2xx_all_endpoints"] == 0
+        and checks["disclosure_non_2xx"] == 0
+        and checks["socket_errors"] == 0
+        and denies == 0
+        and permits >= sent_disclosures
+        and checks["audit_verify_ok"]
+    )
+
+    print()
+    print(f"{'endpoint':<28} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'vs /healthz':>12}")
+    labels = {
+        "healthz": "GET /healthz",
+        "bare_insert": "POST /insert (bare app)",
+        "disclosure": "POST /api/v1/disclosures",
+    }
+    for name, s in summary.items():
+        print(
+            f"{labels[name]:<28} {s['requests_per_s']:>11.1f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} "
+            f"{100 * s['ratio_to_healthz']:>11.1f}%"
+        )
+    print()
+    verdict = "meets" if ratio is not None and ratio >= TARGET else "is BELOW"
+    print(f"disclosure / healthz = {100 * ratio:.1f} % — {verdict} the target of {100 * TARGET:.0f} %")
+    print(
+        f"disclosure non-2xx: {checks['disclosure_non_2xx']} (all endpoints: {checks['non_2xx_all_endpoints']}); "
+        f"socket errors: {checks['socket_errors']}"
+    )
+    print(f"disclosures: wrk counted {sent_disclosures}, committed {permits} permits and {denies} denials")
+    print(f"broker audit verify: {checks['audit_verify']}")
+
+    result = {
+        "benchmark": "http_disclosure",
+        "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine_info(),
+        "software": software_info(wrk),
+        "settings": {
+            "server": f"gunicorn, {WORKERS} sync workers, 127.0.0.1 (loopback)",
+            "database": "SQLite, WAL, synchronous=FULL",
+            "wrk": f"-t{load.threads} -c{load.connections} -d{load.duration}s --timeout={load.timeout}s",
+            "warmup_s": load.warmup,
+            "rounds": args.rounds,
+            "pin": args.pin,
+            "wrk_cpus": load.wrk_cpus,
+            "server_cpus": server_cpus,
+            "request": {"partner": PARTNER, "person": "mikko", **ASK},
+        },
+        "results": summary,
+        "ratio_disclosure_to_healthz": ratio,
+        "target": TARGET,
+        "meets_target": ratio is not None and ratio >= TARGET,
+        "checks": checks,
+        "ok": ok,
+    }
+    if not args.no_write:
+        RESULTS.mkdir(exist_ok=True)
+        suffix = f"-{args.label}" if args.label else ""
+        path = RESULTS / f"http_disclosure-{started:%Y-%m-%d}{suffix}.json"
+        path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        print(f"results: {path.relative_to(ROOT)}")
+    if not ok:
+        print("CHECKS FAILED (see above)", file=sys.stderr)
+        if not args.keep:
+            for log in ("broker.log", "bare.log"):
+                with contextlib.suppress(OSError):
+                    print(f"--- {log}\n{(workdir / log).read_text()[-3000:]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
