@@ -24,11 +24,21 @@ def resolve_person(broker: Broker, caller: Caller | None, hetu: str, display_nam
     code = normalise_hetu(hetu)
     index = hetu_index(code, broker.keys)
     for attempt in range(2):
-        with broker.uow() as uow:
-            existing = uow.session.scalars(select(PersonRow.id).where(PersonRow.hetu_index == index)).first()
-            if existing is not None:
-                return existing
-            now = broker.clock.now()
+        try:
+            return _resolve_once(broker, caller, code, index, display_name)
+        except IntegrityError:
+            # Another transaction created the same person first (PostgreSQL's unique index); read theirs.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _resolve_once(broker: Broker, caller: Caller | None, code: str, index: str, display_name: str | None) -> str:
+    with broker.uow() as uow:
+        now = broker.clock.now()
+        person_id = uow.session.scalars(select(PersonRow.id).where(PersonRow.hetu_index == index)).first()
+        created = person_id is None
+        if person_id is None:
             person_id = new_id("per")
             sealed = seal_hetu(code, person_id, broker.keys)
             uow.session.add(
@@ -45,18 +55,12 @@ def resolve_person(broker: Broker, caller: Caller | None, hetu: str, display_nam
                 )
             )
             uow.session.flush()
-            append_entry(
-                uow, event="person:resolve", now=now, caller=caller, person_id=person_id, detail={"created": True}
-            )
-            try:
-                uow.commit()
-            except IntegrityError:
-                # Another transaction created the same person first (PostgreSQL); read theirs.
-                if attempt:
-                    raise
-                continue
-            return person_id
-    raise AssertionError("unreachable")
+        # Looking a person up is logged too: who asked for whom is what an enumeration review needs.
+        append_entry(
+            uow, event="person:resolve", now=now, caller=caller, person_id=person_id, detail={"created": created}
+        )
+        uow.commit()
+        return person_id
 
 
 def lock_person(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> PersonRow:

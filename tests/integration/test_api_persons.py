@@ -110,3 +110,23 @@ def test_api_responses_are_not_cached(env: Env) -> None:
     response = env.post("kisalli", "/persons/resolve", {"hetu": new_hetu()})
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_concurrent_first_sightings_of_one_person_create_one_person(env: Env) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from broker.demo import caller
+    from broker.services.persons import resolve_person
+
+    hetu, start = new_hetu(), Barrier(8)
+
+    def resolve() -> str:
+        start.wait()
+        return resolve_person(env.broker, caller(env.broker, "kisalli"), hetu)
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = {f.result() for f in [pool.submit(resolve) for _ in range(8)]}
+    assert len(ids) == 1
+    with env.broker.uow(write=False) as uow:
+        assert len(uow.session.scalars(select(PersonRow.id)).all()) == 1
