@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import threading
 from datetime import UTC, datetime
 
 from flask import Flask, Response, current_app, g, render_template, request
 from flask_smorest import Api
 from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker.adapters.database import Database
 from broker.adapters.keystore import KeyStore
@@ -63,6 +65,15 @@ def record_policy_version(broker: Broker) -> None:
             uow.commit()
 
 
+def _database_reachable(broker: Broker) -> bool:
+    try:
+        with broker.db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return False
+    return True
+
+
 def _log_token_issue(uow: UnitOfWork, caller: Caller, token_hash_prefix: str) -> None:
     """Every issued token is logged, in the token's own transaction: who got access, for whom, with which
     scopes. The token itself never is — only a prefix of its hash, enough for the DPO to match it."""
@@ -79,7 +90,14 @@ def _log_token_issue(uow: UnitOfWork, caller: Caller, token_hash_prefix: str) ->
 def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> Flask:
     settings = settings or (broker.settings if broker else Settings.from_env())
     broker = broker or build_broker(settings)
-    record_policy_version(broker)
+    # A broker started while its database is down answers /readyz with 503 until the database is back, instead
+    # of failing to start; the policy version is then recorded before the first request that reaches it.
+    policy_recorded = _database_reachable(broker)
+    if policy_recorded:
+        record_policy_version(broker)
+    else:
+        logging.getLogger("broker").warning("database not reachable at start")
+    policy_lock = threading.Lock()
 
     app = Flask(__name__, template_folder="http/templates")
     app.config.update(
@@ -126,6 +144,16 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     def _request_id() -> None:
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(8)
+
+    @app.before_request
+    def _record_policy_version_late() -> None:
+        nonlocal policy_recorded
+        if policy_recorded or request.endpoint == "healthz":
+            return
+        with policy_lock:
+            if not policy_recorded and _database_reachable(broker):
+                record_policy_version(broker)
+                policy_recorded = True
 
     @app.after_request
     def _headers(response: Response) -> Response:

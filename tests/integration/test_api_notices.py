@@ -24,7 +24,12 @@ NOTICE_FIELDS = {"notice_id", "person_id", "kind", "sender", "basis", "content",
 
 
 def send(env: Env, person_id: str, kind: str, recipient: str, content: Any = None, sender: str = "kisalli"):
-    body = {"person_id": person_id, "kind": kind, "recipient": recipient, "content": content or EXAMPLES[kind]}
+    body = {
+        "person_id": person_id,
+        "kind": kind,
+        "recipient": recipient,
+        "content": EXAMPLES[kind] if content is None else content,
+    }
     return env.post(sender, "/notices", body)
 
 
@@ -237,6 +242,9 @@ def test_an_unknown_purpose_is_refused_naming_the_purpose(env: Env) -> None:
     response = env.post("kisalli", "/notices", body)
     assert response.status_code == 400
     assert response.get_json()["code"] == "unknown_purpose" and response.get_json()["field"] == "purpose"
+    # A word the policy does not know is the client's mistake, not a decision: nothing is logged as denied.
+    assert last_audit_entry(env)["event"] != "disclosure:deny"
+    assert notice_count(env) == 0
 
 
 @pytest.mark.parametrize(
