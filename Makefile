@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export BROKER_INSTANCE_PATH ?= instance
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo demo-reset test test-unit test-integration test-e2e lint format bench clean
+.PHONY: help install run demo demo-reset test test-unit test-integration test-e2e lint format bench bench-policy soak clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -46,6 +46,14 @@ format: $(STAMP) ## format the code with ruff
 
 bench: $(STAMP) ## disclosures per second over HTTP next to /healthz (gunicorn, 2 workers, loopback)
 	$(BIN)/python -m bench.http_disclosure
+
+bench-policy: $(STAMP) ## decide() next to cedarpy: p50/p99 and decisions/s with 1, 100 and 10,000 consents
+	$(BIN)/python -m bench.policy
+
+soak: $(STAMP) ## decide() against its Cedar oracle on 200,000 generated requests (BROKER_SOAK_REQUESTS, _SEED)
+	@seed=$${BROKER_SOAK_SEED:-$$(date +%s)}; echo "BROKER_SOAK_SEED=$$seed"; \
+	BROKER_SOAK_REQUESTS=$${BROKER_SOAK_REQUESTS:-200000} BROKER_SOAK_SEED=$$seed \
+	$(BIN)/pytest -q tests/unit/test_policy_cedar.py
 
 clean: ## remove caches (keeps .venv and instance/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis htmlcov .coverage

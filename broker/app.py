@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     app.extensions["broker"] = broker
 
+    from broker.devidp import init_dev_idp
     from broker.http.api.views import blp
     from broker.oauth import init_oauth
 
@@ -138,6 +139,9 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     )
     api.register_blueprint(blp)
     init_oauth(app, on_token_issued=_log_token_issue)
+    if settings.mode in ("demo", "test"):
+        # The portal's development OpenID provider at /dev-idp/ (broker/devidp); never mounted in production.
+        init_dev_idp(app, settings)
     register_error_handlers(app)  # after flask-smorest's, so that every error is a problem document
 
     @app.before_request

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker.config import Settings
 from broker.domain.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from policies import Policy
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -80,7 +85,10 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     except PolicyError as error:
         print(f"policy error: {error}", file=sys.stderr)
         return 1
-    print(f"policy {policy.version[:16]} is valid: {len(policy.rules)} rules")
+    from policies.register import flows
+
+    portal = f", {len(policy.portal)} portal entr{'y' if len(policy.portal) == 1 else 'ies'}" if policy.portal else ""
+    print(f"policy {policy.version[:16]} is valid: {len(policy.rules)} rules{portal}, {len(flows(policy))} flows")
     return 0
 
 
@@ -119,6 +127,111 @@ def cmd_policy_eval(args: argparse.Namespace) -> int:
     json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from policies import PolicyError, load_policy
+    from policies.register import explain_all, explain_flow
+
+    try:
+        policy = load_policy(args.rules)
+    except PolicyError as error:
+        print(f"policy error: {error}", file=sys.stderr)
+        return 2
+    try:
+        text = explain_flow(policy, args.flow, args.lang) if args.flow else explain_all(policy, args.lang)
+    except KeyError as error:
+        print(error.args[0], file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def cmd_policy_register(args: argparse.Namespace) -> int:
+    from policies import PolicyError, load_policy
+    from policies.register import register_in, register_markdown, replace_register
+
+    try:
+        policy = load_policy(args.rules)
+    except PolicyError as error:
+        print(f"policy error: {error}", file=sys.stderr)
+        return 2
+    table = register_markdown(policy)
+    document_path: Path | None = args.update or args.check
+    if document_path is None:
+        sys.stdout.write(table)
+        return 0
+    try:
+        document = document_path.read_text(encoding="utf-8")
+        current = register_in(document)
+    except (OSError, ValueError) as error:
+        print(f"{document_path}: {error}", file=sys.stderr)
+        return 2
+    if current == table:
+        print(f"{document_path}: the register is up to date")
+        return 0
+    if args.check:
+        print(f"{document_path}: the register is out of date; run: broker policy register --update {document_path}")
+        return 1
+    document_path.write_text(replace_register(document, table), encoding="utf-8")
+    print(f"{document_path}: register updated")
+    return 0
+
+
+def cmd_policy_diff(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from policies import PolicyError
+    from policies.cases import load_cases
+    from policies.diff import diff_policies
+
+    try:
+        old, new = _policy_version(args.old), _policy_version(args.new)
+        cases = load_cases(args.cases)
+    except PolicyError as error:
+        print(f"policy error: {error}", file=sys.stderr)
+        return 2
+    result = diff_policies(old, new, cases, datetime.now(UTC))
+    for line in result.lines():
+        print(line)
+    return 1 if result.changed else 0
+
+
+def _policy_version(spec: str) -> Policy:
+    """A folder of policy files, or a version the broker has stored (its hash, or a unique prefix of 8 or more
+    hex digits), read from the database the environment names."""
+    from policies import PolicyError, load_policy
+
+    if Path(spec).is_dir():
+        return load_policy(spec)
+    if re.fullmatch(r"[0-9a-f]{8,64}", spec):
+        return _stored_policy(spec)
+    raise PolicyError(f"{spec}: neither a folder of policy files nor a stored policy version (8 to 64 hex digits)")
+
+
+def _stored_policy(prefix: str) -> Policy:
+    from sqlalchemy import select
+
+    from broker.adapters.database import Database
+    from broker.adapters.orm import PolicyVersionRow
+    from policies import PolicyError
+    from policies.loader import load_policy_files
+
+    db = Database(_settings().database_url)
+    try:
+        with db.session(write=False) as session:
+            rows = session.scalars(
+                select(PolicyVersionRow).where(PolicyVersionRow.version.startswith(prefix, autoescape=True)).limit(2)
+            ).all()
+    finally:
+        db.dispose()
+    if len(rows) != 1:
+        raise PolicyError(f"{prefix}: {'no' if not rows else 'more than one'} stored policy version starts so")
+    [row] = rows
+    policy = load_policy_files(row.files, origin=f"stored policy {row.version[:16]}")
+    if policy.version != row.version:
+        raise PolicyError(f"{prefix}: the stored text does not hash to its version {row.version}")
+    return policy
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -183,11 +296,30 @@ def build_parser() -> argparse.ArgumentParser:
         ("check", cmd_policy_check, "validate the policy files"),
         ("test", cmd_policy_test, "run the decision tables"),
         ("eval", cmd_policy_eval, "what-if: request and facts as JSON on stdin, decision JSON on stdout"),
+        ("explain", cmd_policy_explain, "a flow's rules in words: who, what, from whom, why, on which basis"),
+        ("register", cmd_policy_register, "the register of flows as a Markdown table, generated from the files"),
     ):
         command = add(name, handler, help_text, policy)
         command.add_argument("--rules", type=Path, default=None, help="policy rules folder")
         if name == "test":
             command.add_argument("--cases", type=Path, default=None, help="decision tables folder")
+        if name == "explain":
+            command.add_argument("flow", nargs="?", help="a flow (F7, F12) or a rule (F12a); without it, every flow")
+            command.add_argument("--lang", choices=("en", "fi", "sv"), default="en", help="language of the explanation")
+        if name == "register":
+            target = command.add_mutually_exclusive_group()
+            target.add_argument("--update", type=Path, metavar="FILE", help="rewrite the register inside FILE")
+            target.add_argument("--check", type=Path, metavar="FILE", help="exit 1 when FILE's register is out of date")
+    diff = add(
+        "diff",
+        cmd_policy_diff,
+        "what changes between two policy versions, over the decision tables and a generated request set; "
+        "exit 0 when nothing changes, 1 when something does, 2 on an error",
+        policy,
+    )
+    diff.add_argument("old", metavar="OLD", help="rules folder, or a stored policy version (hash or unique prefix)")
+    diff.add_argument("new", metavar="NEW", help="rules folder, or a stored policy version (hash or unique prefix)")
+    diff.add_argument("--cases", type=Path, default=None, help="decision tables folder (default: the shipped ones)")
 
     jobs = commands.add_parser("jobs", help="scheduled jobs").add_subparsers(dest="jobs_command", required=True)
     add("run", cmd_jobs_run, "run the periodic jobs once (forget expired assertion ids and tokens)", jobs)

@@ -3,7 +3,7 @@ policy it reads from `policies/rules/*.yaml`, tested by the decision tables in `
 
 from policies.engine import decide
 from policies.errors import PolicyError
-from policies.loader import Policy, Rule, load_policy
+from policies.loader import Policy, PortalEntry, Rule, load_policy, load_policy_files
 from policies.model import (
     Basis,
     BasisKind,
@@ -26,9 +26,11 @@ __all__ = [
     "Facts",
     "Policy",
     "PolicyError",
+    "PortalEntry",
     "Reason",
     "Rule",
     "StatutoryException",
     "decide",
     "load_policy",
+    "load_policy_files",
 ]

@@ -32,7 +32,8 @@ class Case:
     now: datetime
     request: DecisionRequest
     facts: Facts
-    # effect; for a permit also basis, rule and fields_; optionally obligations, consent_id and a reason code
+    # effect; for a permit also basis, rule and fields_; optionally obligations, consent_id, exception_ground and
+    # a reason code
     expect: Mapping[str, Any]
 
 
@@ -74,6 +75,7 @@ def run_case(policy: Policy, case: Case) -> CaseResult:
         "fields_": sorted(decision.fields),
         "obligations": list(decision.obligations),
         "consent_id": basis.consent_id if basis else None,
+        "exception_ground": basis.exception_ground if basis else None,
     }
     problems = [
         f"{key.rstrip('_')}: expected {wanted!r}, got {actual[key]!r}"
@@ -115,5 +117,12 @@ def facts_from(data: Mapping[str, Any]) -> Facts:
     """Facts from facts validated by `schemas.policy.CaseFactsSchema`."""
     sets = ("recipients", "categories", "purposes")
     consents = tuple(ConsentFact(**{**c, **{k: frozenset(c[k]) for k in sets}}) for c in data.get("consents", ()))
-    flags = {k: data[k] for k in ("person_is_minor", "has_legal_representative") if k in data}
-    return Facts(relationships=frozenset(data.get("relationships", ())), consents=consents, **flags)
+    age: int | None = data.get("person_age")
+    minor = data.get("person_is_minor")
+    return Facts(
+        relationships=frozenset(data.get("relationships", ())),
+        consents=consents,
+        person_is_minor=bool(minor) if minor is not None else age is not None and age < 18,
+        has_legal_representative=bool(data.get("has_legal_representative")),
+        person_age=age,
+    )

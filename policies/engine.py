@@ -36,6 +36,13 @@ _RANK: dict[BasisKind, int] = {"statute": 0, "exception": 1, "consent": 2}
 # Representatives' mandates that cover consenting for an adult (a guardian or attorney for personal matters);
 # a custodian consents only for a minor, a relative never (flows.md, "Consent, as the law shapes it").
 _ADULT_MANDATES = frozenset({"guardian_personal", "continuing_poa_personal"})
+# Reasons and bases are immutable values that repeat from one decision to the next (same rule, code and words).
+# Built once and shared, each costs a dictionary lookup instead of a frozen dataclass's __init__, which was most
+# of a decision's time (bench/policy.py). Only those that name no consent are shared, and each table is
+# emptied when it reaches _SHARED_MAX, so that unusual requests cannot grow it without limit.
+_SHARED_MAX = 4096
+_REASONS: dict[tuple[str, bool, str, str], Reason] = {}
+_BASES: dict[tuple[str, str, str, str, str | None], Basis] = {}
 
 
 def decide(request: DecisionRequest, facts: Facts, policy: Policy, now: datetime) -> Decision:
@@ -107,15 +114,17 @@ def _decide(request: DecisionRequest, facts: Facts, policy: Policy, now: datetim
         raise ValueError("now must be timezone-aware")
     reasons: list[Reason] = []
     permits: list[_Permit] = []
+    forbidden = False
     for rule in policy.candidates(request.category, request.purpose):
         reason, permit = _evaluate(rule, request, facts, policy, now)
         reasons.append(reason)
         if permit is not None:
             permits.append(permit)
-    forbidden = any(r.code == "forbidden" for r in reasons)
+        elif reason.code == "forbidden":
+            forbidden = True
     if not permits and not forbidden:
         detail = f"no rule gives {request.category} for {request.purpose} to {request.requester_org_type}"
-        reasons.append(Reason(NO_RULE, False, "no_rule", detail))
+        reasons.append(_shared_reason(NO_RULE, False, "no_rule", detail))
     if forbidden or not permits:
         return Decision("deny", None, (), (), tuple(reasons), policy.version)
 
@@ -139,10 +148,10 @@ def _evaluate(
 ) -> tuple[Reason, _Permit | None]:
     mismatch = _mismatch(rule, request, facts, policy)
     if mismatch is not None:
-        return Reason(rule.id, False, *mismatch), None
+        return _shared_reason(rule.id, False, *mismatch), None
     if rule.effect == "forbid":
         detail = f"never to {request.requester_org_type} ({rule.secrecy_ground})"
-        return Reason(rule.id, True, "forbidden", detail), None
+        return _shared_reason(rule.id, True, "forbidden", detail), None
 
     if rule.basis == "statute":
         return _permit(rule, "statute", rule.secrecy_ground)
@@ -168,19 +177,31 @@ def _permit(
     ground: ExceptionGround | None = None,
     extra: dict[str, object] | None = None,
 ) -> tuple[Reason, _Permit]:
-    basis = Basis(
-        kind=kind,
-        rule_id=rule.id,
-        # An asserted exception lifts secrecy by its own section; otherwise the rule's ground does.
-        reference=ground.reference if ground else rule.secrecy_ground,
-        lawful_basis=rule.lawful_basis,
-        consent_id=consent.consent_id if consent else None,
-        consent_version=consent.version if consent else None,
-        exception_ground=ground.id if ground else None,
-    )
-    recency = (-consent.valid_from.timestamp(), consent.consent_id) if consent else (0.0, "")
-    order = (_RANK[kind], *recency, rule.order)
-    return Reason(rule.id, True, "permit", detail), _Permit(order, rule, basis, extra or {})
+    # An asserted exception lifts secrecy by its own section; otherwise the rule's ground does.
+    reference = ground.reference if ground else rule.secrecy_ground
+    if consent is not None:
+        basis = Basis(kind, rule.id, reference, rule.lawful_basis, consent.consent_id, consent.version)
+        order = (_RANK[kind], -consent.valid_from.timestamp(), consent.consent_id, rule.order)
+        return Reason(rule.id, True, "permit", detail), _Permit(order, rule, basis, extra or {})
+    ground_id = ground.id if ground else None
+    key = (kind, rule.id, reference, rule.lawful_basis, ground_id)
+    shared = _BASES.get(key)
+    if shared is None:
+        if len(_BASES) >= _SHARED_MAX:
+            _BASES.clear()
+        shared = _BASES[key] = Basis(kind, rule.id, reference, rule.lawful_basis, exception_ground=ground_id)
+    order = (_RANK[kind], 0.0, "", rule.order)
+    return _shared_reason(rule.id, True, "permit", detail), _Permit(order, rule, shared, extra or {})
+
+
+def _shared_reason(rule_id: str, applies: bool, code: str, detail: str) -> Reason:
+    key = (rule_id, applies, code, detail)
+    found = _REASONS.get(key)
+    if found is None:
+        if len(_REASONS) >= _SHARED_MAX:
+            _REASONS.clear()
+        found = _REASONS[key] = Reason(rule_id, applies, code, detail)
+    return found
 
 
 def _mismatch(rule: Rule, request: DecisionRequest, facts: Facts, policy: Policy) -> tuple[str, str] | None:
@@ -199,6 +220,12 @@ def _mismatch(rule: Rule, request: DecisionRequest, facts: Facts, policy: Policy
             "no_relationship",
             f"{request.requester_org} has no active service relationship with the person",
         )
+    if rule.person_age_under is not None:
+        # Only permits carry an age condition (the schema refuses it on a forbid), so an unknown age denies.
+        if facts.person_age is None:
+            return "person_age_unknown", f"only for a person under {rule.person_age_under}; the age is not known"
+        if facts.person_age >= rule.person_age_under:
+            return "person_too_old", f"only for a person under {rule.person_age_under}"
     return None
 
 

@@ -66,6 +66,9 @@ class Facts:
     consents: tuple[ConsentFact, ...] = ()
     person_is_minor: bool = False
     has_legal_representative: bool = False
+    # Whole years at decision time; None when unknown. A rule with an age condition (F14b, Youth Act 1285/2016
+    # 11 § 4 mom.: under 29) never applies to a person of unknown age.
+    person_age: int | None = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,9 @@ from policies.errors import PolicyError
 ANY = "any"
 NAME = validate.Regexp(r"^[a-z][a-z0-9_]*$", error="not a snake_case name: {input}")
 TEXT = validate.Length(min=1)
+# A flow of flows.md (F1 … F18, F2a, F9b, F14b) or a rule of one (F12a, F12b when a flow needs two rules).
+FLOW_ID = validate.Regexp(r"^F\d+[a-z]?$", error="not a flow id: {input}")
+GDPR = validate.Regexp(r"^GDPR \d", error="must cite GDPR articles")
 
 
 def _unique(values: list[Any]) -> None:
@@ -110,11 +113,13 @@ class ExplanationSchema(StrictSchema):
 # A permit must say on what basis, under which GDPR article, what it discloses and whether a service
 # relationship is needed; a forbid says none of that.
 _PERMIT_REQUIRED = ("basis", "lawful_basis", "fields", "relationship_required")
-_PERMIT_ONLY = (*_PERMIT_REQUIRED, "consent", "exceptions", "obligations")
+_PERMIT_ONLY = (*_PERMIT_REQUIRED, "consent", "exceptions", "obligations", "person_age_under")
 
 
 class RuleSchema(StrictSchema):
-    id = fields.String(required=True, validate=validate.Regexp(r"^F\d+[a-z]?$", error="not a flow id: {input}"))
+    id = fields.String(required=True, validate=FLOW_ID)
+    # The flow of flows.md the rule encodes; defaults to the id. F12a and F12b both encode F12.
+    flow = fields.String(validate=FLOW_ID)
     effect = fields.String(required=True, validate=validate.OneOf(["permit", "forbid"]))
     requester_org_types = NamesOrAny(required=True)
     requester_roles = _names()
@@ -124,10 +129,13 @@ class RuleSchema(StrictSchema):
     purposes = NamesOrAny(required=True)
     basis = fields.String(validate=validate.OneOf(["statute", "consent", "consent_or_exception"]))
     exceptions = _names()
-    lawful_basis = fields.String(validate=validate.Regexp(r"^GDPR \d", error="must cite GDPR articles"))
+    lawful_basis = fields.String(validate=GDPR)
     secrecy_ground = fields.String(required=True, validate=TEXT)
     allow = fields.Dict(keys=fields.String(), values=_names(), data_key="fields")
     relationship_required = _flag()
+    # The rule applies only to a person younger than this many whole years (F14b: Youth Act 1285/2016 11 §
+    # 4 mom., under 29); never to a person whose age is unknown.
+    person_age_under = fields.Integer(strict=True, validate=validate.Range(min=1, max=150))
     consent = fields.Nested(ConsentRequirementSchema)
     obligations = _names()
     explanation = fields.Nested(ExplanationSchema, required=True)
@@ -155,9 +163,26 @@ class RuleSchema(StrictSchema):
             raise ValidationError({k: [v] for k, v in errors.items()})
 
 
+class PortalEntrySchema(StrictSchema):
+    """A flow the portal serves to the person themself (F17: GDPR Art. 15; 703/2023 11 §, 74 §). It is part of
+    the policy so that the register is complete and its explanation reviewed with the rest, but it is never a
+    partner rule: the engine's index never holds it, so no partner request can match it."""
+
+    id = fields.String(required=True, validate=FLOW_ID)
+    flow = fields.String(validate=FLOW_ID)
+    categories = NamesOrAny(required=True)
+    # The law obliges the controller to show the person their data; nothing here rests on consent.
+    basis = fields.String(required=True, validate=validate.OneOf(["statute"]))
+    lawful_basis = fields.String(required=True, validate=GDPR)
+    secrecy_ground = fields.String(required=True, validate=TEXT)
+    shows = fields.String(required=True, validate=TEXT)  # what the portal shows, in a sentence
+    explanation = fields.Nested(ExplanationSchema, required=True)
+
+
 class RuleFileSchema(StrictSchema):
     description = fields.String(validate=TEXT)
-    rules = fields.List(fields.Nested(RuleSchema), required=True, validate=TEXT)
+    rules = fields.List(fields.Nested(RuleSchema), validate=TEXT)
+    portal = fields.List(fields.Nested(PortalEntrySchema), validate=TEXT)
 
     def __init__(self, vocabulary: Mapping[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -165,9 +190,24 @@ class RuleFileSchema(StrictSchema):
 
     @validates_schema
     def check_references(self, data: dict[str, Any], **kwargs: Any) -> None:
-        errors = {i: e for i, rule in enumerate(data["rules"]) if (e := rule_reference_errors(rule, self.vocabulary))}
+        if "rules" not in data and "portal" not in data:
+            raise ValidationError({"rules": ["a rule file holds rules, portal entries or both"]})
+        errors: dict[str, Any] = {}
+        rules = {
+            i: e for i, rule in enumerate(data.get("rules", ())) if (e := rule_reference_errors(rule, self.vocabulary))
+        }
+        if rules:
+            errors["rules"] = rules
+        categories = self.vocabulary["categories"]
+        portal = {
+            i: {"categories": [f"unknown category '{c}'" for c in entry["categories"] if c not in categories]}
+            for i, entry in enumerate(data.get("portal", ()))
+            if isinstance(entry["categories"], list) and any(c not in categories for c in entry["categories"])
+        }
+        if portal:
+            errors["portal"] = portal
         if errors:
-            raise ValidationError({"rules": errors})
+            raise ValidationError(errors)
 
 
 def rule_reference_errors(rule: Mapping[str, Any], vocabulary: Mapping[str, Any]) -> dict[str, list[str]]:
@@ -248,8 +288,16 @@ class CaseConsentSchema(StrictSchema):
 class CaseFactsSchema(StrictSchema):
     relationships = fields.List(fields.String(), load_default=list)
     consents = fields.List(fields.Nested(CaseConsentSchema), load_default=list)
-    person_is_minor = _flag(load_default=False)
+    # Without person_is_minor, a given age decides it (under 18); without either, an adult of unknown age.
+    person_is_minor = _flag(load_default=None)
+    person_age = fields.Integer(strict=True, validate=validate.Range(min=0, max=150), load_default=None)
     has_legal_representative = _flag(load_default=False)
+
+    @validates_schema
+    def check_age(self, data: dict[str, Any], **kwargs: Any) -> None:
+        minor, age = data.get("person_is_minor"), data.get("person_age")
+        if minor is not None and age is not None and minor != (age < 18):
+            raise ValidationError({"person_is_minor": [f"contradicts person_age {age}"]})
 
 
 class ExpectationSchema(StrictSchema):
@@ -259,6 +307,7 @@ class ExpectationSchema(StrictSchema):
     fields_ = fields.List(fields.String(), data_key="fields")
     obligations = fields.List(fields.String())
     consent_id = fields.String()
+    exception_ground = fields.String()  # the asserted exception a permit rests on
     reason = fields.String()  # a reason code that must be among the decision's reasons
 
     @validates_schema
@@ -312,19 +361,23 @@ def load_vocabulary(data: object, file: str) -> dict[str, Any]:
 
 
 def load_rule_file(data: object, file: str, vocabulary: Mapping[str, Any]) -> dict[str, Any]:
-    return _load(RuleFileSchema(vocabulary), data, file, items="rules", label="rule", key="id")
+    return _load(RuleFileSchema(vocabulary), data, file, {"rules": ("rule", "id"), "portal": ("portal entry", "id")})
 
 
 def load_case_file(data: object, file: str) -> dict[str, Any]:
-    return _load(CaseFileSchema(), data, file, items="cases", label="case", key="name")
+    return _load(CaseFileSchema(), data, file, {"cases": ("case", "name")})
 
 
-def _load(schema: Schema, data: object, file: str, items: str = "", label: str = "", key: str = "") -> dict[str, Any]:
+# The lists whose entries an error names: list key → (label, the entry's naming key).
+_Items = Mapping[str, tuple[str, str]]
+
+
+def _load(schema: Schema, data: object, file: str, items: _Items | None = None) -> dict[str, Any]:
     try:
         loaded: dict[str, Any] = schema.load(data)  # type: ignore[arg-type]  # checked by the schema itself
     except ValidationError as error:
         raise PolicyError(
-            [_line(file, path, message, data, items, label, key) for path, message in _flatten(error.messages)]
+            [_line(file, path, message, data, items or {}) for path, message in _flatten(error.messages)]
         ) from None
     return loaded
 
@@ -341,11 +394,12 @@ def _flatten(messages: object, path: tuple[str | int, ...] = ()) -> Iterator[tup
         yield path, str(messages)
 
 
-def _line(file: str, path: tuple[str | int, ...], message: str, data: object, items: str, label: str, key: str) -> str:
+def _line(file: str, path: tuple[str | int, ...], message: str, data: object, items: _Items) -> str:
     parts = [file]
-    if items and len(path) >= 2 and path[0] == items and isinstance(path[1], int):
+    if len(path) >= 2 and isinstance(path[0], str) and path[0] in items and isinstance(path[1], int):
+        label, key = items[path[0]]
+        entries = data.get(path[0]) if isinstance(data, dict) else None
         index, path = path[1], path[2:]
-        entries = data.get(items) if isinstance(data, dict) else None
         entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
         name = entry.get(key) if isinstance(entry, dict) else None
         parts.append(f"{label} {name}" if isinstance(name, str) else f"{label} #{index + 1}")

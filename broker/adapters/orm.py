@@ -299,4 +299,42 @@ class PolicyVersionRow(Base):
     first_loaded_at: Mapped[datetime]
 
 
+class DevIdpCodeRow(Base):
+    """An authorization code of the development identity provider (`broker/devidp`, demo and test mode only).
+
+    Only the code's SHA-256 is stored. Using a code is one atomic update of `used_at` (single use across worker
+    processes); a second use sets `replayed_at`, which voids every token the code gave (RFC 6749 §4.1.2), so the
+    row is kept until those tokens have expired. `login` names a demo persona, never a person's identity code."""
+
+    __tablename__ = "dev_idp_codes"
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ID)
+    login: Mapped[str] = mapped_column(String(64))
+    redirect_uri: Mapped[str] = mapped_column(String(400))
+    scope: Mapped[str] = mapped_column(String(400))
+    nonce: Mapped[str | None] = mapped_column(String(200))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    code_challenge_method: Mapped[str] = mapped_column(String(8))
+    auth_time: Mapped[datetime]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None]
+    replayed_at: Mapped[datetime | None]
+    __table_args__ = (Index("ix_dev_idp_codes_nonce", "client_id", "nonce"),)
+
+
+class DevIdpTokenRow(Base):
+    """An access token of the development identity provider, for its userinfo endpoint: only its SHA-256. It is
+    void once its code has been replayed (`DevIdpCodeRow.replayed_at`)."""
+
+    __tablename__ = "dev_idp_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), index=True)
+    client_id: Mapped[str] = mapped_column(ID)
+    login: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(400))
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 __all__ = [name for name in dir() if name.endswith("Row")] + ["Base"]

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
+from broker.adapters.database import Prepared
 from broker.adapters.orm import (
     ConsentEventRow,
     ConsentRequestRow,
@@ -351,12 +352,43 @@ def consent_receipt(broker: Broker, caller: Caller, consent_id: str) -> str:
     return sign_jws(payload, broker.keys, typ="consent-receipt+jws")
 
 
+_CONSENTS = ConsentRow.__table__
+# What a decision needs of a person's consents: a prebuilt Core statement, read fresh in the caller's
+# transaction on every disclosure (invariant 3: never cached) without building ORM objects.
+_CONSENT_FACTS = Prepared(
+    select(
+        *(
+            _CONSENTS.c[name]
+            for name in (
+                "id",
+                "version",
+                "status",
+                "recipients",
+                "categories",
+                "purposes",
+                "valid_from",
+                "valid_until",
+                "explicit",
+                "written",
+                "bound_to_org",
+                "given_by",
+                "mandate",
+                "withdrawn_at",
+                "requester_org",
+            )
+        )
+    ).where(_CONSENTS.c.person_id == bindparam("person_id"))
+)
+
+
 def consent_facts(uow: UnitOfWork, person_id: str) -> tuple[ConsentFact, ...]:
-    rows = uow.session.scalars(select(ConsentRow).where(ConsentRow.person_id == person_id))
-    return tuple(to_fact(row) for row in rows)
+    """The person's consents as the policy sees them, read from the database in the caller's transaction (call
+    it before changing consents in that transaction: pending ORM changes are not flushed for this read)."""
+    return tuple(to_fact(row) for row in _CONSENT_FACTS.rows(uow.session, {"person_id": person_id}))
 
 
-def to_fact(row: ConsentRow) -> ConsentFact:
+def to_fact(row: Any) -> ConsentFact:
+    """A ConsentFact from a ConsentRow or a result row with the same column names."""
     return ConsentFact(
         consent_id=row.id,
         version=row.version,

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 
+from broker.adapters.database import Prepared
 from broker.adapters.orm import DisclosureRow, RecordRow
 from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
@@ -27,10 +28,33 @@ from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry, payload_digest
 from broker.services.consents import consent_facts
-from broker.services.persons import active_relationship_orgs, is_minor, lock_person, organisation_type
+from broker.services.persons import active_relationship_orgs, age, is_minor, lock_person_birth_date, organisation_type
 from broker.services.records import open_record
 from policies import Decision, DecisionRequest, Facts, StatutoryException, decide
 from schemas.records import project
+
+_RECORDS = RecordRow.__table__
+# Prebuilt Core statements for the disclosure transaction: built and compiled once, no ORM objects per request.
+_RECORDS_TO_DISCLOSE = Prepared(
+    select(
+        _RECORDS.c.id,
+        _RECORDS.c.person_id,
+        _RECORDS.c.category,
+        _RECORDS.c.source_org,
+        _RECORDS.c.deposited_at,
+        _RECORDS.c.kek_id,
+        _RECORDS.c.wrapped_key,
+        _RECORDS.c.nonce,
+        _RECORDS.c.ciphertext,
+    )
+    .where(
+        _RECORDS.c.person_id == bindparam("person_id"),
+        _RECORDS.c.category == bindparam("category"),
+        _RECORDS.c.ciphertext.is_not(None),
+    )
+    .order_by(_RECORDS.c.deposited_at, _RECORDS.c.id)
+)
+_INSERT_DISCLOSURE = Prepared(insert(DisclosureRow.__table__))
 
 
 @dataclass(frozen=True)
@@ -49,11 +73,12 @@ def _validate(broker: Broker, ask: DisclosureAsk) -> None:
 
 
 def load_facts(uow: UnitOfWork, person_id: str, now: datetime, *, exclusive: bool = False) -> Facts:
-    person = lock_person(uow, person_id, exclusive=exclusive)
+    born = lock_person_birth_date(uow, person_id, exclusive=exclusive)
     return Facts(
         relationships=active_relationship_orgs(uow, person_id),
         consents=consent_facts(uow, person_id),
-        person_is_minor=is_minor(person, now),
+        person_is_minor=is_minor(born, now),
+        person_age=age(born, now),
     )
 
 
@@ -89,15 +114,7 @@ def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> di
     with broker.uow() as uow:
         now = broker.clock.now()
         facts = load_facts(uow, ask.person_id, now)
-        records = uow.session.scalars(
-            select(RecordRow)
-            .where(
-                RecordRow.person_id == ask.person_id,
-                RecordRow.category == ask.category,
-                RecordRow.ciphertext.is_not(None),
-            )
-            .order_by(RecordRow.deposited_at, RecordRow.id)
-        ).all()
+        records = _RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": ask.person_id, "category": ask.category})
         decisions: dict[str, Decision] = {}
         for source in sorted({r.source_org for r in records}):
             request = _request(caller, ask, source, organisation_type(broker, uow, source))
@@ -210,24 +227,25 @@ def _store(
     index: int,
     now: datetime,
 ) -> None:
-    uow.session.add(
-        DisclosureRow(
-            id=disclosure_id,
-            person_id=ask.person_id,
-            kind="request",
-            recipient_org=caller.organisation_id,
-            partner=caller.partner_id,
-            category=ask.category,
-            purpose=ask.purpose,
-            effect=effect,
-            basis=basis,
-            record_ids=record_ids,
-            fields=fields,
-            payload_sha256=payload_sha256,
-            policy_version=policy_version,
-            audit_index=index,
-            created_at=now,
-        )
+    _INSERT_DISCLOSURE.execute(
+        uow.session,
+        {
+            "id": disclosure_id,
+            "person_id": ask.person_id,
+            "kind": "request",
+            "recipient_org": caller.organisation_id,
+            "partner": caller.partner_id,
+            "category": ask.category,
+            "purpose": ask.purpose,
+            "effect": effect,
+            "basis": basis,
+            "record_ids": record_ids,
+            "fields": fields,
+            "payload_sha256": payload_sha256,
+            "policy_version": policy_version,
+            "audit_index": index,
+            "created_at": now,
+        },
     )
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
+from broker.adapters.database import Prepared
 from broker.adapters.envelope import hetu_index, seal_hetu
 from broker.adapters.orm import OrganisationRow, PersonRow, RelationshipRow
 from broker.adapters.uow import UnitOfWork
@@ -16,6 +17,19 @@ from broker.domain.hetu import birth_date, normalise_hetu
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry
+
+_PERSONS = PersonRow.__table__
+_RELATIONSHIPS = RelationshipRow.__table__
+# Prebuilt Core statements for the disclosure path (built once, compiled once, no ORM objects per request).
+_BIRTH_DATE = select(_PERSONS.c.birth_date).where(_PERSONS.c.id == bindparam("person_id"))
+_READ_BIRTH_DATE = Prepared(_BIRTH_DATE)
+_READ_BIRTH_DATE_FOR_SHARE = Prepared(_BIRTH_DATE.with_for_update(read=True))
+_READ_BIRTH_DATE_FOR_UPDATE = Prepared(_BIRTH_DATE.with_for_update())
+_ACTIVE_RELATIONSHIP_ORGS = Prepared(
+    select(_RELATIONSHIPS.c.organisation_id).where(
+        _RELATIONSHIPS.c.person_id == bindparam("person_id"), _RELATIONSHIPS.c.ended_at.is_(None)
+    )
+)
 
 
 def resolve_person(broker: Broker, caller: Caller | None, hetu: str, display_name: str | None = None) -> str:
@@ -77,20 +91,35 @@ def lock_person(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> PersonRo
     return person
 
 
-def is_minor(person: PersonRow, now: datetime) -> bool:
-    born: date = person.birth_date
+def lock_person_birth_date(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> date:
+    """`lock_person` for the disclosure path: the same row lock on PostgreSQL (`FOR SHARE`, or `FOR UPDATE`
+    when `exclusive`), the same UnknownPersonError, but only the birth date is read and no ORM object built."""
+    if uow.postgres:
+        query = _READ_BIRTH_DATE_FOR_UPDATE if exclusive else _READ_BIRTH_DATE_FOR_SHARE
+    else:
+        query = _READ_BIRTH_DATE
+    row = query.first(uow.session, {"person_id": person_id})
+    if row is None:
+        raise UnknownPersonError(f"no person with id '{person_id}'", field="person_id")
+    born: date = row.birth_date
+    return born
+
+
+def age(person: PersonRow | date, now: datetime) -> int:
+    """Whole years at `now` (F14b's age condition reads it, Youth Act 1285/2016 11 § 4 mom.)."""
+    born: date = person if isinstance(person, date) else person.birth_date
     today = now.date()
-    age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
-    return age < 18
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+def is_minor(person: PersonRow | date, now: datetime) -> bool:
+    return age(person, now) < 18
 
 
 def active_relationship_orgs(uow: UnitOfWork, person_id: str) -> frozenset[str]:
-    rows = uow.session.scalars(
-        select(RelationshipRow.organisation_id).where(
-            RelationshipRow.person_id == person_id, RelationshipRow.ended_at.is_(None)
-        )
+    return frozenset(
+        row.organisation_id for row in _ACTIVE_RELATIONSHIP_ORGS.rows(uow.session, {"person_id": person_id})
     )
-    return frozenset(rows)
 
 
 def start_relationship(broker: Broker, caller: Caller, person_id: str) -> dict[str, object]:

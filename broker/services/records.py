@@ -68,8 +68,9 @@ def deposit_record(broker: Broker, caller: Caller, person_id: str, category: str
     }
 
 
-def open_record(broker: Broker, row: RecordRow) -> dict[str, Any]:
-    """Decrypt a record's content; the associated data binds it to its id, person and category."""
+def open_record(broker: Broker, row: Any) -> dict[str, Any]:
+    """Decrypt a record's content; the associated data binds it to its id, person and category. `row` is a
+    RecordRow or a result row with the same column names."""
     assert row.ciphertext is not None
     sealed = Sealed(ciphertext=row.ciphertext, nonce=row.nonce, wrapped_key=row.wrapped_key, kek_id=row.kek_id)
     content: dict[str, Any] = json.loads(

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 
 from policies import PolicyError, load_policy
-from policies.cases import Case, load_cases, run_case, run_cases
+from policies.cases import Case, CaseResult, load_cases, run_case, run_cases
 from policies.cli import evaluate_json
+from policies.loader import Rule
 
 POLICY = load_policy()
 CASES = load_cases()
+RESULTS = run_cases(POLICY)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -30,9 +32,74 @@ def test_every_permit_rule_has_a_permitting_case_and_every_forbid_a_forbidden_on
     assert forbidden == {r.id for r in POLICY.rules if r.effect == "forbid"}
 
 
-def test_every_case_cites_a_flow_the_policy_encodes() -> None:
+def test_every_case_cites_a_flow_the_policy_encodes_and_a_statute() -> None:
+    flows = {r.flow for r in POLICY.rules}
     for case in CASES:
-        assert case.flow == "none" or any(re.fullmatch(rf"{case.flow}[a-z]?", r.id) for r in POLICY.rules), case.name
+        assert case.flow == "none" or case.flow in flows, case.name
+        assert re.search(r"§|GDPR|DESIGN\.md|flows\.md", case.statute), case.name
+
+
+def _denials(flow: str) -> list[CaseResult]:
+    return [r for r in RESULTS if r.case.flow == flow and not r.decision.permitted]
+
+
+def _has_reason(flow: str, rule_id: str, code: str) -> bool:
+    return any(x.rule_id == rule_id and x.code == code for r in _denials(flow) for x in r.decision.reasons)
+
+
+def _missing_for(rule: Rule) -> list[str]:
+    """What the decision tables must show for one rule (issue #3 item 7): a permit, and the denials that matter,
+    each in a case citing the rule's flow."""
+    missing = []
+    if rule.effect == "forbid":
+        return [] if _has_reason(rule.flow, rule.id, "forbidden") else ["forbidden"]
+    if not any(r.decision.basis and r.decision.basis.rule_id == rule.id for r in RESULTS):
+        missing.append("a permit")
+    if rule.purposes != POLICY.purposes and not any(
+        r.case.request.category in rule.categories
+        and r.case.request.requester_org_type in rule.requester_org_types
+        and r.case.request.purpose not in rule.purposes
+        for r in _denials(rule.flow)
+    ):
+        missing.append("wrong purpose")
+    wanted = []
+    if rule.requester_org_types != POLICY.org_types:
+        wanted.append("wrong_org_type")
+    if rule.relationship_required:
+        wanted.append("no_relationship")
+    if rule.person_age_under is not None:
+        wanted += ["person_too_old", "person_age_unknown"]
+    if rule.basis in ("consent", "consent_or_exception"):
+        wanted += ["consent_missing_category", "consent_withdrawn", "representative_without_mandate"]
+        if rule.explicit or any(POLICY.is_special(c) for c in rule.categories):
+            wanted.append("consent_not_explicit")
+        if rule.written:
+            wanted.append("consent_not_written")
+        if rule.minor_needs_custodian:
+            wanted += ["custodian_consent_missing", "minor_consent_missing"]
+    if rule.basis == "consent_or_exception":
+        wanted.append("exception_not_listed")
+        for ground in sorted(rule.exceptions):
+            if not any(
+                r.decision.basis and (r.decision.basis.rule_id, r.decision.basis.exception_ground) == (rule.id, ground)
+                for r in RESULTS
+            ):
+                missing.append(f"a permit on the exception {ground}")
+    missing += [code for code in wanted if not _has_reason(rule.flow, rule.id, code)]
+    return missing
+
+
+def test_every_rule_has_a_permit_and_the_denials_that_matter() -> None:
+    missing = {rule.id: m for rule in POLICY.rules if (m := _missing_for(rule))}
+    assert missing == {}
+
+
+def test_exception_permits_carry_the_review_obligations_and_name_their_ground() -> None:
+    found = [r for r in RESULTS if r.decision.basis and r.decision.basis.kind == "exception"]
+    assert {r.decision.basis.exception_ground for r in found if r.decision.basis} == set(POLICY.exceptions)
+    for result in found:
+        assert {"dpo_review", "notify_person"} <= set(result.decision.obligations), result.name
+        assert result.case.request.exception and result.case.request.exception.justification.strip(), result.name
 
 
 def test_the_denials_that_matter_are_covered() -> None:

@@ -3,6 +3,7 @@ and field."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 
 from policies import PolicyError, load_policy
 from policies.cases import check_policy
-from policies.loader import RULES_DIR
+from policies.loader import RULES_DIR, load_policy_files
 
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -265,3 +266,156 @@ def test_the_policy_is_immutable() -> None:
         policy.version = "x"  # type: ignore[misc]
     with pytest.raises(TypeError):
         policy.files["vocabulary.yaml"] = ""  # type: ignore[index]
+
+
+# --- the whole reference deployment (issue #3 item 1) ------------------------------------------------------------
+
+# Every flow of the domain notes' table (flows.md, "Flows"); F2a/F2b, F9b and F14b are flows of their own there.
+FLOWS_MD = {
+    "F1", "F2a", "F2b", "F3", "F4", "F5", "F6", "F7", "F8", "F9", "F9b", "F10",
+    "F11", "F12", "F13", "F14", "F14b", "F15", "F16", "F17", "F18",
+}  # fmt: skip
+
+
+def test_every_flow_of_the_domain_notes_is_encoded() -> None:
+    policy = load_policy()
+    assert {r.flow for r in policy.rules} | {p.flow for p in policy.portal} == FLOWS_MD
+    assert {r.id: r.flow for r in policy.rules if r.id != r.flow} == {
+        "F12a": "F12",
+        "F12b": "F12",
+        "F15a": "F15",
+        "F15b": "F15",
+    }
+
+
+def test_the_persons_own_access_is_a_portal_entry_no_partner_request_can_match() -> None:
+    policy = load_policy()
+    [access] = policy.portal
+    assert (access.id, access.flow, access.basis) == ("F17", "F17", "statute")
+    assert access.categories == policy.categories
+    assert "Art. 15" in access.secrecy_ground and "703/2023 11 §" in access.secrecy_ground
+    assert "F17" not in policy.by_id
+    assert all(r.id != "F17" for rules in policy.index.values() for r in rules)
+
+
+def test_every_permit_names_what_the_register_needs() -> None:
+    for r in load_policy().rules:
+        if r.effect != "permit":
+            continue
+        assert r.requester_org_types and r.source_org_types and r.categories and r.purposes, r.id
+        assert r.basis in ("statute", "consent", "consent_or_exception"), r.id
+        assert r.lawful_basis.startswith("GDPR ") and "§" in r.secrecy_ground, r.id
+        assert set(r.fields) == set(r.categories), r.id
+
+
+def test_f14b_gives_outreach_youth_work_contact_details_of_a_young_person_told_first() -> None:
+    rule = load_policy().rule("F14b")
+    assert (rule.basis, rule.person_age_under, rule.relationship_required) == ("statute", 29, False)
+    assert rule.requester_org_types == {"youth_outreach"}
+    assert rule.source_org_types == {"employment_services", "employment_authority", "kela"}
+    assert rule.obligations == ("tell_person_in_advance",)
+    assert rule.secrecy_ground == "1285/2016 11 § 4 mom."
+    assert set(rule.fields["contact_details"]) == {"name", "phone", "email"}
+
+
+SOCIAL_SIDE = {"social_work", "employment_services", "third_sector_provider"}
+
+
+def test_statutory_exceptions_are_listed_only_where_the_law_names_them() -> None:
+    """703/2023 53 § 5–6 mom. and 56 § apply to social ↔ health flows; 1301/2014 35 § to contacting social
+    services (flows.md)."""
+    for r in load_policy().rules:
+        for ground in r.exceptions:
+            if ground == "manifestly_unable_to_look_after_self":
+                assert r.requester_org_types == {"social_work"}, r.id
+            else:
+                health_asks = r.requester_org_types == {"health_care"} and r.source_org_types <= SOCIAL_SIDE
+                health_gives = r.source_org_types == {"health_care"} and r.requester_org_types <= SOCIAL_SIDE
+                assert health_asks or health_gives, (r.id, ground)
+    assert {r.id for r in load_policy().rules if r.exceptions} == {"F7", "F8", "F11"}
+
+
+JARGON = re.compile(
+    r"§|GDPR|\bArt\.|recipient|disclos|secrecy|lawful|controller|processing|"
+    r"luovut|vastaanottaj|rekisterinpit|salassapito|käsittely|"
+    r"utlämn|mottagare|personuppgiftsansvar|sekretess|behandling",
+    re.IGNORECASE,
+)
+
+
+def test_explanations_speak_plainly_in_three_languages() -> None:
+    """glossary.md: plain language beats legal language ("who can see your information", not "recipients of
+    disclosure"); the references live in the rule, not in what the person reads."""
+    policy = load_policy()
+    for entry in (*policy.rules, *policy.portal):
+        assert set(entry.explanation) == {"fi", "sv", "en"}, entry.id
+        for lang, text in entry.explanation.items():
+            assert 40 <= len(text) <= 600, (entry.id, lang)
+            assert not JARGON.search(text), (entry.id, lang, JARGON.search(text))
+
+
+def test_a_stored_policy_loads_again_with_the_same_version() -> None:
+    policy = load_policy()
+    again = load_policy_files(policy.files)
+    assert again.version == policy.version
+    assert [r.id for r in again.rules] == [r.id for r in policy.rules]
+    assert [p.id for p in again.portal] == ["F17"] and again.portal[0].file == "stored policy/access.yaml"
+    changed = load_policy_files({**policy.files, "health.yaml": policy.files["health.yaml"] + "# note\n"})
+    assert changed.version != policy.version
+    with pytest.raises(PolicyError, match=r"old: no vocabulary\.yaml"):
+        load_policy_files({"health.yaml": policy.files["health.yaml"]}, origin="old")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("basis", "consent", "portal entry F17: basis: Must be one of"),
+        ("categories", ["horoscope"], "portal entry F17: categories: unknown category 'horoscope'"),
+        ("fields", {"contact_details": ["name"]}, "portal entry F17: fields: Unknown field."),
+        ("shows", "", "portal entry F17: shows: Shorter than minimum length 1."),
+    ],
+)
+def test_a_bad_portal_entry_is_refused_naming_file_entry_and_field(
+    tmp_path: Path, key: str, value: object, expected: str
+) -> None:
+    def mutate(data: dict[str, Any]) -> None:
+        data["portal"][0][key] = value
+
+    assert f"access.yaml: {expected}" in refusal(policy_copy(tmp_path, "access.yaml", mutate))
+
+
+def test_a_portal_entry_cannot_reuse_a_rule_id(tmp_path: Path) -> None:
+    def mutate(data: dict[str, Any]) -> None:
+        data["portal"][0]["id"] = "F7"
+
+    message = refusal(policy_copy(tmp_path, "access.yaml", mutate))
+    assert "health.yaml: rule F7: id: duplicate rule id (also in " in message and "access.yaml)" in message
+
+
+@pytest.mark.parametrize(
+    ("file", "rule_id", "key", "value", "expected"),
+    [
+        ("protection.yaml", "F12b", "person_age_under", 29, "person_age_under: not allowed in a forbid"),
+        ("youth.yaml", "F14b", "person_age_under", "29", "person_age_under: Not a valid integer."),
+        ("youth.yaml", "F14b", "person_age_under", 0, "person_age_under: Must be greater than or equal to 1"),
+        ("youth.yaml", "F14b", "flow", "youth", "flow: not a flow id"),
+        ("youth.yaml", "F14b", "obligations", ["tell_later"], "obligations: unknown obligation 'tell_later'"),
+    ],
+)
+def test_the_new_rule_keys_are_checked(
+    tmp_path: Path, file: str, rule_id: str, key: str, value: object, expected: str
+) -> None:
+    def mutate(data: dict[str, Any]) -> None:
+        rule(data, rule_id)[key] = value
+
+    assert f"{file}: rule {rule_id}: {expected}" in refusal(policy_copy(tmp_path, file, mutate))
+
+
+def test_a_rule_file_without_rules_or_portal_entries_is_refused(tmp_path: Path) -> None:
+    folder = policy_copy(tmp_path)
+    (folder / "empty.yaml").write_text("description: nothing here\n", encoding="utf-8")
+    assert "empty.yaml: rules: a rule file holds rules, portal entries or both" in refusal(folder)
+
+
+def test_a_folder_that_is_not_there_is_refused(tmp_path: Path) -> None:
+    assert "not a folder of policy files" in refusal(tmp_path / "missing")
