@@ -71,7 +71,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             try:
                 if requests.get(f"{base_url}/healthz", timeout=1).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the broker did not start: {log_path.read_text()}")
