@@ -38,6 +38,7 @@ EVENT_TYPES = frozenset(
         "relationship:start",
         "relationship:end",
         "person:resolve",
+        "representation:register",
     }
 )
 

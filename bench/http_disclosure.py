@@ -230,9 +230,9 @@ def run_wrk(wrk: str, load: Load, url: str, env: dict[str, str], duration: int) 
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median rate stands for the endpoint; all rates are kept."""
+    """The run with the median rate (the lower one of two) stands for the endpoint; all rates are kept."""
     ordered = sorted(runs, key=lambda r: r["requests_per_s"])
-    median = ordered[len(ordered) // 2]
+    median = ordered[(len(ordered) - 1) // 2]  # the lower median when the count is even
     low, high, mid = ordered[0]["requests_per_s"], ordered[-1]["requests_per_s"], median["requests_per_s"]
     return {
         "requests_per_s": round(median["requests_per_s"], 1),
@@ -293,9 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     load = Load(args.threads, args.connections, args.duration, args.warmup, timeout=10, wrk_cpus=wrk_cpus)
 
     started = datetime.now(UTC)
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        print(f"note: the 1-minute load average is {load_before:.2f}: other work on this machine skews the numbers")
     workdir = Path(tempfile.mkdtemp(prefix="broker-bench-"))
     try:
-        return _run(args, wrk, load, server_cpus, workdir, started)
+        return _run(args, wrk, load, server_cpus, workdir, started, load_before)
     finally:
         if args.keep:
             print(f"kept {workdir}")
@@ -304,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(
-    args: argparse.Namespace, wrk: str, load: Load, server_cpus: str | None, workdir: Path, started: datetime
+    args: argparse.Namespace,
+    wrk: str,
+    load: Load,
+    server_cpus: str | None,
+    workdir: Path,
+    started: datetime,
+    load_before: float,
 ) -> int:
     instance = workdir / "instance"
     port, bare_port = free_port(), free_port()
@@ -401,7 +410,7 @@ def _run(
         per_round = [
             r["requests_per_s"] / h["requests_per_s"] for r, h in zip(runs[name], runs["healthz"], strict=True)
         ]
-        summary[name]["ratio_to_healthz"] = round(statistics.median(per_round), 4)
+        summary[name]["ratio_to_healthz"] = round(statistics.median_low(per_round), 4)
         summary[name]["ratio_per_round"] = [round(x, 4) for x in per_round]
     ratio = summary["disclosure"]["ratio_to_healthz"]
     permits = after.get("permit", 0) - before.get("permit", 0)
@@ -452,7 +461,7 @@ def _run(
     result = {
         "benchmark": "http_disclosure",
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine_info(),
+        "machine": {**machine_info(), "loadavg_1min_before": round(load_before, 2)},
         "software": software_info(wrk),
         "settings": {
             "server": f"gunicorn, {WORKERS} sync workers, 127.0.0.1 (loopback)",

@@ -399,9 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mix": [name for name, _ in requests()],
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "cedar_per_decision": (
-            "request → Cedar JSON (requester, record, person entities added to the consents' handle; one context "
-            "per candidate consent), one is_authorized_batch call; no per-call schema validation; 'cold' also "
-            "converts and parses the consents"
+            "warm: the PolicySet parsed once, the Entities (vocabulary, person, consents) once per Facts; per "
+            "decision the request becomes one Cedar request per candidate consent (principal, resource, context "
+            "dicts), one is_authorized_batch call with cedarpy's JSON in and out; no per-call schema validation. "
+            "cold: also converts the person and consents to Cedar JSON and parses them per decision"
         ),
         "rows": [r.as_dict() for r in rows],
         "verdict": result,

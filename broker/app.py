@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
 
     from broker.devidp import init_dev_idp
     from broker.http.api.views import blp
+    from broker.http.portal import init_portal
     from broker.oauth import init_oauth
 
     api = Api(app)
@@ -142,6 +143,9 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     if settings.mode in ("demo", "test"):
         # The portal's development OpenID provider at /dev-idp/ (broker/devidp); never mounted in production.
         init_dev_idp(app, settings)
+    # The client portal at /portal/ (broker/http/portal); after the dev IdP, which it registers with in demo and
+    # test mode. Not mounted in production unless its OpenID provider is configured.
+    init_portal(app, settings)
     register_error_handlers(app)  # after flask-smorest's, so that every error is a problem document
 
     @app.before_request

@@ -202,6 +202,25 @@ def seed(broker: Broker) -> dict[str, str]:
         witness=None,
     )
     consents.withdraw_consent(broker, kisalli, given["consent_id"], reason="Asiakas peruutti puhelimessa.")
+
+    # Elias (17) meets outreach youth work; his mother Leena is his custodian, registered by social work, which
+    # has verified it. Outreach youth work asks to refer him to Kisälli — a minor's custodian consents too (F14).
+    elias = ids["elias"]
+    youth = caller(broker, "lieto-youth-outreach")
+    persons.start_relationship(broker, social, elias)
+    persons.start_relationship(broker, youth, elias)
+    leena = next(p for p in PERSONS if p.key == "leena")
+    persons.register_representative(broker, social, elias, hetu=leena.hetu, mandate="custodian", valid_until=None)
+    consents.request_consent(
+        broker,
+        youth,
+        elias,
+        recipients=["kisalli"],
+        categories=["youth_referral"],
+        purposes=["service_referral"],
+        valid_days=90,
+        reason="Jotta Kisällin valmentaja voi tutustua tilanteeseesi ennen ensitapaamista.",
+    )
     return ids
 
 
@@ -215,7 +234,8 @@ def create_demo(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000
     record_policy_version(broker)
     with broker.uow(write=False) as uow:
         seeded = uow.session.get(OrganisationRow, "kisalli") is not None
-        existing = dict(uow.session.execute(select(PersonRow.display_name, PersonRow.id)).tuples().all())
+        found = uow.session.execute(select(PersonRow.display_name, PersonRow.id))
+        existing = {name: person_id for name, person_id in found}
     ids = {p.key: existing[p.name] for p in PERSONS if p.name in existing} if seeded else seed(broker)
     base_url = f"http://{host}:{port}"
     demo: dict[str, Any] = {

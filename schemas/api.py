@@ -32,6 +32,30 @@ class RelationshipSchema(StrictSchema):
     created = fields.Boolean()
 
 
+class RepresentativeCreateSchema(StrictSchema):
+    # load_only: the representative's identity code is never echoed back (DESIGN.md invariant 6).
+    hetu = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=20))
+    mandate = fields.String(
+        required=True,
+        validate=validate.OneOf(["custodian", "guardian_personal", "continuing_poa_personal"]),
+        metadata={
+            "description": "custodian (of a minor); guardian_personal (a guardian whose court order covers personal "
+            "matters); continuing_poa_personal (a continuing power of attorney covering personal matters)"
+        },
+    )
+    valid_until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=None)
+
+
+class RepresentationSchema(StrictSchema):
+    representation_id = fields.String()
+    person_id = fields.String()
+    representative_id = fields.String()
+    mandate = fields.String()
+    valid_from = fields.DateTime()
+    valid_until = fields.DateTime(allow_none=True)
+    registered_by = fields.String()
+
+
 class _ConsentTermsSchema(StrictSchema):
     person_id = fields.String(required=True, validate=ID)
     recipients = fields.List(fields.String(validate=ID), required=True, validate=validate.Length(min=1, max=20))
@@ -201,7 +225,7 @@ class NoticeSchema(StrictSchema):
     notice_id = fields.String()
     person_id = fields.String()
     kind = fields.String()
-    sender = fields.String()
+    sender = fields.String(allow_none=True, metadata={"description": "null when the broker itself sent it"})
     basis = fields.Nested(BasisSchema, allow_none=True)
     content = fields.Dict()
     created_at = fields.DateTime()

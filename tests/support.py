@@ -3,10 +3,11 @@ way a real partner system does (a signed client assertion, RFC 7523) over Flask'
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from flask import Flask
@@ -25,11 +26,13 @@ from broker.services import Broker
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ROLE = {org_id: role for org_id, _, _, role in ORGANISATIONS}
 ORG_TYPE = {org_id: org_type for org_id, org_type, _, _ in ORGANISATIONS}
-_individual = iter(range(900, 1000))
+_sequence = itertools.count()
 
 
-def new_hetu(born: date = date(1990, 5, 17)) -> str:
-    return make_hetu(born, next(_individual, 999))
+def new_hetu(born: date | None = None) -> str:
+    """A fresh test identity code (individual numbers 900–999), a new birth date every hundred codes."""
+    n = next(_sequence)
+    return make_hetu(born or date(1960, 1, 1) + timedelta(days=n // 100), 900 + n % 100)
 
 
 @dataclass

@@ -101,6 +101,12 @@ class RepresentationRow(Base):
     valid_until: Mapped[datetime | None]
     registered_by: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
     created_at: Mapped[datetime]
+    # Both directions are looked up: whom the logged-in person may act for (portal), and whether a person has a
+    # legal representative (read in every disclosure transaction, `Facts.has_legal_representative`).
+    __table_args__ = (
+        Index("ix_representations_person", "person_id"),
+        Index("ix_representations_representative", "representative_id"),
+    )
 
 
 class ConsentTextRow(Base):
@@ -201,7 +207,7 @@ class DisclosureRow(Base):
 
     __tablename__ = "disclosures"
     id: Mapped[str] = mapped_column(ID, primary_key=True)
-    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"), index=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"))
     kind: Mapped[str] = mapped_column(String(16))  # request (pulled by the recipient) | notice (pushed to it)
     recipient_org: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
     partner: Mapped[str] = mapped_column(ID)  # the partner system that made the request or sent the notice
@@ -215,6 +221,9 @@ class DisclosureRow(Base):
     policy_version: Mapped[str] = mapped_column(String(64))
     audit_index: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
+    # The person's log in the portal reads one person's disclosures newest first, a page at a time; the index
+    # serves that and every other look-up by person.
+    __table_args__ = (Index("ix_disclosures_person_created", "person_id", "created_at"),)
 
 
 class NoticeRow(Base):
@@ -222,7 +231,8 @@ class NoticeRow(Base):
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"))
     kind: Mapped[str] = mapped_column(String(40))
-    sender_org: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    # None when the broker itself is the sender (kind `consent_withdrawn`: the person withdrew in the portal).
+    sender_org: Mapped[str | None] = mapped_column(ForeignKey("organisations.id"))
     recipient_org: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
     basis: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     kek_id: Mapped[str] = mapped_column(String(64))
@@ -334,6 +344,21 @@ class DevIdpTokenRow(Base):
     login: Mapped[str] = mapped_column(String(64))
     scope: Mapped[str] = mapped_column(String(400))
     issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class PortalSessionRow(Base):
+    """A client portal session (broker/http/portal). The browser's cookie holds a random 256-bit token; only its
+    SHA-256 is stored, as the id. `data` holds what the portal keeps between requests: the verified login (the
+    broker's person id, never the identity code or the ID token), the person chosen to act for, the CSRF token and
+    the pending login's state. A session ends at logout, after 30 idle minutes (`expires_at`) or at its maximum
+    age."""
+
+    __tablename__ = "portal_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
 
 

@@ -18,6 +18,19 @@ class Caller:
     request_id: str | None = None
 
 
+@dataclass(frozen=True)
+class PortalUser:
+    """Who is using the client portal, and whose data they see: the logged-in person themself, or the person a
+    representative acts for under a registered mandate (docs/portal.md, "Representation")."""
+
+    login_person_id: str | None  # the logged-in person (None for a DPO persona with no person record)
+    subject_id: str | None  # whose data is shown: the person themself, or whom they act for
+    representative_id: str | None = None  # set when acting for someone else (== login_person_id)
+    mandate: str | None = None
+    roles: frozenset[str] = frozenset()  # e.g. {"dpo"}
+    language: str = "fi"
+
+
 # OAuth scopes a partner may be granted. A partner asking for one it was not granted gets `invalid_scope`.
 SCOPES: dict[str, str] = {
     "persons": "resolve persons and manage service relationships",

@@ -6,14 +6,24 @@ person saw. The text is generated from a versioned template, stored once and ref
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
+from babel.dates import format_date
+from babel.support import Translations
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from broker.adapters.orm import ConsentTextRow
+from broker.adapters.orm import ConsentTextRow, OrganisationRow
+from broker.domain import labels
 
-TEMPLATE_VERSION = "consent-text/1"
+# Version 2: organisations by name, data and purposes in the person's words, dates written out.
+TEMPLATE_VERSION = "consent-text/2"
+TRANSLATIONS = Path(__file__).resolve().parents[1] / "translations"
+HELSINKI = ZoneInfo("Europe/Helsinki")
 LANGUAGES = ("fi", "sv", "en")
 
 _TEMPLATES = {
@@ -46,7 +56,18 @@ _BOUND = {
 }
 
 
+@functools.cache
+def _translations(language: str) -> Translations:
+    """The portal's catalogue for `language` (the labels' English strings are its message ids)."""
+    return Translations.load(str(TRANSLATIONS), [language])
+
+
+def _format_date(value: datetime, language: str) -> str:
+    return format_date(value.astimezone(HELSINKI).date(), format="long", locale=language)
+
+
 def render_consent_text(
+    session: Session,
     language: str,
     *,
     requester: str,
@@ -56,17 +77,32 @@ def render_consent_text(
     valid_until: datetime | None,
     bound_to_org: str | None,
 ) -> str:
+    """The consent text in `language`, naming organisations by name and data and purposes in plain words — what
+    the person reads, and what is stored and hashed as the proof of what they agreed to."""
+    if language not in LANGUAGES:
+        raise ValueError(f"no consent text in language {language!r}")
+    wanted = {requester, *recipients, *([bound_to_org] if bound_to_org else [])}
+    found = session.execute(select(OrganisationRow.id, OrganisationRow.name).where(OrganisationRow.id.in_(wanted)))
+    names: dict[str, str] = {org_id: name for org_id, name in found}
+    translate = _translations(language).gettext
+
+    def org(org_id: str) -> str:
+        return names.get(org_id, org_id)
+
+    def words(table: dict[str, str], ids: list[str]) -> str:
+        return ", ".join(translate(table.get(i, labels.UNKNOWN)).lower() for i in ids)
+
     if bound_to_org:
-        validity = _BOUND[language].format(org=bound_to_org)
+        validity = _BOUND[language].format(org=org(bound_to_org))
     elif valid_until:
-        validity = valid_until.date().isoformat()
+        validity = _format_date(valid_until, language)
     else:
         validity = _UNTIL_FURTHER_NOTICE[language]
     return _TEMPLATES[language].format(
-        requester=requester,
-        recipients=", ".join(recipients),
-        categories=", ".join(categories),
-        purposes=", ".join(purposes),
+        requester=org(requester),
+        recipients=", ".join(org(r) for r in recipients),
+        categories=words(labels.CATEGORIES, categories),
+        purposes=words(labels.PURPOSES, purposes),
         validity=validity,
     )
 

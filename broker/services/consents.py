@@ -79,7 +79,7 @@ def record_consent(
         lock_person(uow, person_id, exclusive=True)
         _check_terms(broker, uow, terms)
         now = broker.clock.now()
-        consent = _create_consent(
+        consent = create_consent(
             uow,
             person_id=person_id,
             requester_org=caller.organisation_id,
@@ -103,7 +103,7 @@ def record_consent(
         return consent_view(consent)
 
 
-def _create_consent(
+def create_consent(
     uow: UnitOfWork,
     *,
     person_id: str,
@@ -119,7 +119,9 @@ def _create_consent(
     mandate: str | None = None,
     request_id: str | None = None,
 ) -> ConsentRow:
+    """Add the consent and its first history event to `uow` (no audit entry: the caller appends it)."""
     text = render_consent_text(
+        uow.session,
         terms.language,
         requester=requester_org,
         recipients=terms.recipients,
@@ -166,7 +168,8 @@ def _create_consent(
         now,
         by_kind=by_kind,
         by_org=recorded_by.organisation_id if recorded_by else None,
-        by_actor=recorded_by.actor_id if recorded_by else representative_id,
+        # Given in the portal: the person who acted (the representative, or the person themself).
+        by_actor=recorded_by.actor_id if recorded_by else (representative_id or person_id),
         detail={"method": method, "witness": witness} if witness else {"method": method},
     )
     return consent
@@ -253,7 +256,7 @@ def withdraw_consent(broker: Broker, caller: Caller, consent_id: str, *, reason:
         if consent.status != "active":
             raise ConsentNotActiveError(f"consent '{consent_id}' is {consent.status}, not active")
         now = broker.clock.now()
-        _withdraw(
+        record_withdrawal(
             uow,
             consent,
             now,
@@ -262,6 +265,12 @@ def withdraw_consent(broker: Broker, caller: Caller, consent_id: str, *, reason:
             by_actor=caller.actor_id,
             reason=reason,
         )
+        # The other organisations named in the consent are told (flows.md, "Consent, as the law shapes it");
+        # the one recording the withdrawal already knows. Imported here: notices builds on this module.
+        from broker.services.notices import notify_consent_withdrawn
+
+        told = sorted({consent.requester_org, *consent.recipients} - {caller.organisation_id})
+        notice_ids = notify_consent_withdrawn(broker, uow, consent, told, now)
         append_entry(
             uow,
             event="consent:withdraw",
@@ -269,12 +278,13 @@ def withdraw_consent(broker: Broker, caller: Caller, consent_id: str, *, reason:
             caller=caller,
             person_id=consent.person_id,
             basis={"kind": "consent", "consent_id": consent.id, "consent_version": consent.version},
+            detail={"told": told, "notice_ids": notice_ids},
         )
         uow.commit()
         return consent_view(consent)
 
 
-def _withdraw(
+def record_withdrawal(
     uow: UnitOfWork,
     consent: ConsentRow,
     now: datetime,
@@ -284,6 +294,8 @@ def _withdraw(
     by_actor: str | None,
     reason: str | None,
 ) -> None:
+    """Mark the consent withdrawn and append the history event (the caller holds the person's row lock and
+    appends the audit entry)."""
     consent.status = "withdrawn"
     consent.withdrawn_at = now
     consent.version += 1

@@ -28,7 +28,14 @@ from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry, payload_digest
 from broker.services.consents import consent_facts
-from broker.services.persons import active_relationship_orgs, age, is_minor, lock_person_birth_date, organisation_type
+from broker.services.persons import (
+    active_relationship_orgs,
+    age,
+    has_legal_representative,
+    is_minor,
+    lock_person_birth_date,
+    organisation_type,
+)
 from broker.services.records import open_record
 from policies import Decision, DecisionRequest, Facts, StatutoryException, decide
 from schemas.records import project
@@ -74,10 +81,12 @@ def _validate(broker: Broker, ask: DisclosureAsk) -> None:
 
 def load_facts(uow: UnitOfWork, person_id: str, now: datetime, *, exclusive: bool = False) -> Facts:
     born = lock_person_birth_date(uow, person_id, exclusive=exclusive)
+    minor = is_minor(born, now)
     return Facts(
         relationships=active_relationship_orgs(uow, person_id),
         consents=consent_facts(uow, person_id),
-        person_is_minor=is_minor(born, now),
+        person_is_minor=minor,
+        has_legal_representative=has_legal_representative(uow, person_id, now, minor=minor),
         person_age=age(born, now),
     )
 

@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from audit import canonical_json
 from broker.adapters.envelope import Sealed, open_sealed, seal
-from broker.adapters.orm import DisclosureRow, NoticeRow
+from broker.adapters.orm import ConsentRow, DisclosureRow, NoticeRow
+from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
 from broker.domain.errors import (
     InvalidRequestError,
@@ -41,6 +42,10 @@ NOTICE_KINDS: dict[str, tuple[str, str]] = {
     "substance_incident": ("substance_incident", "follow_up"),
     "concern_notification": ("concern_notification", "support_need_assessment"),
 }
+
+
+# Notices the broker itself sends (sender_org is None); partners cannot send these kinds.
+CONSENT_WITHDRAWN = "consent_withdrawn"
 
 
 def _notice_aad(notice_id: str, person_id: str, kind: str) -> bytes:
@@ -251,6 +256,44 @@ def _disclosure(
             created_at=now,
         )
     )
+
+
+def notify_consent_withdrawn(
+    broker: Broker, uow: UnitOfWork, consent: ConsentRow, organisations: list[str], now: datetime
+) -> list[str]:
+    """Tell each organisation that the person withdrew the consent (flows.md: "the recipients named in the consent
+    are told"), in the withdrawal's own transaction. The notice says which consent, when, and its categories and
+    purposes — the consent's terms, not record content, so it is no disclosure — and is sealed like every notice.
+    The sender is the broker (sender_org None). Returns the notice ids."""
+    content = {
+        "consent_id": consent.id,
+        "withdrawn_at": utc(now).isoformat().replace("+00:00", "Z"),
+        "categories": list(consent.categories),
+        "purposes": list(consent.purposes),
+    }
+    plaintext = json.dumps(content, ensure_ascii=False).encode()
+    ids = []
+    for organisation in organisations:
+        notice_id = new_id("not")
+        sealed = seal(plaintext, _notice_aad(notice_id, consent.person_id, CONSENT_WITHDRAWN), broker.keys)
+        uow.session.add(
+            NoticeRow(
+                id=notice_id,
+                person_id=consent.person_id,
+                kind=CONSENT_WITHDRAWN,
+                sender_org=None,
+                recipient_org=organisation,
+                basis=None,  # not a disclosure: no legal basis to name
+                kek_id=sealed.kek_id,
+                wrapped_key=sealed.wrapped_key,
+                nonce=sealed.nonce,
+                ciphertext=sealed.ciphertext,
+                created_at=now,
+                acked_at=None,
+            )
+        )
+        ids.append(notice_id)
+    return ids
 
 
 def read_inbox(

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from broker.adapters.database import Prepared
 from broker.adapters.envelope import hetu_index, seal_hetu
-from broker.adapters.orm import OrganisationRow, PersonRow, RelationshipRow
+from broker.adapters.orm import OrganisationRow, PersonRow, RelationshipRow, RepresentationRow
 from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
-from broker.domain.errors import ConflictError, UnknownPersonError
+from broker.domain.errors import ConflictError, InvalidRequestError, UnknownPersonError
 from broker.domain.hetu import birth_date, normalise_hetu
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry
 
+# Who may act for a person (flows.md, "Consent, as the law shapes it"; docs/portal.md, "Representation"): a custodian
+# for a minor; for an adult a guardian whose court order covers personal matters, or an attorney under a continuing
+# power of attorney covering personal matters. Relatives without such a mandate never.
+MANDATES = ("custodian", "guardian_personal", "continuing_poa_personal")
+ADULT_MANDATES = frozenset({"guardian_personal", "continuing_poa_personal"})
+
 _PERSONS = PersonRow.__table__
 _RELATIONSHIPS = RelationshipRow.__table__
+_REPRESENTATIONS = RepresentationRow.__table__
 # Prebuilt Core statements for the disclosure path (built once, compiled once, no ORM objects per request).
 _BIRTH_DATE = select(_PERSONS.c.birth_date).where(_PERSONS.c.id == bindparam("person_id"))
 _READ_BIRTH_DATE = Prepared(_BIRTH_DATE)
@@ -28,6 +36,11 @@ _READ_BIRTH_DATE_FOR_UPDATE = Prepared(_BIRTH_DATE.with_for_update())
 _ACTIVE_RELATIONSHIP_ORGS = Prepared(
     select(_RELATIONSHIPS.c.organisation_id).where(
         _RELATIONSHIPS.c.person_id == bindparam("person_id"), _RELATIONSHIPS.c.ended_at.is_(None)
+    )
+)
+_MANDATES_OF_PERSON = Prepared(
+    select(_REPRESENTATIONS.c.mandate, _REPRESENTATIONS.c.valid_from, _REPRESENTATIONS.c.valid_until).where(
+        _REPRESENTATIONS.c.person_id == bindparam("person_id")
     )
 )
 
@@ -49,32 +62,51 @@ def resolve_person(broker: Broker, caller: Caller | None, hetu: str, display_nam
 
 def _resolve_once(broker: Broker, caller: Caller | None, code: str, index: str, display_name: str | None) -> str:
     with broker.uow() as uow:
-        now = broker.clock.now()
-        person_id = uow.session.scalars(select(PersonRow.id).where(PersonRow.hetu_index == index)).first()
-        created = person_id is None
-        if person_id is None:
-            person_id = new_id("per")
-            sealed = seal_hetu(code, person_id, broker.keys)
-            uow.session.add(
-                PersonRow(
-                    id=person_id,
-                    hetu_index=index,
-                    hetu_kek_id=sealed.kek_id,
-                    hetu_wrapped_key=sealed.wrapped_key,
-                    hetu_nonce=sealed.nonce,
-                    hetu_ciphertext=sealed.ciphertext,
-                    birth_date=birth_date(code),
-                    display_name=display_name,
-                    created_at=now,
-                )
-            )
-            uow.session.flush()
-        # Looking a person up is logged too: who asked for whom is what an enumeration review needs.
-        append_entry(
-            uow, event="person:resolve", now=now, caller=caller, person_id=person_id, detail={"created": created}
-        )
+        person_id = _find_or_create(broker, uow, caller, code, index, display_name, broker.clock.now())
         uow.commit()
         return person_id
+
+
+def _find_or_create(
+    broker: Broker,
+    uow: UnitOfWork,
+    caller: Caller | None,
+    code: str,
+    index: str,
+    display_name: str | None,
+    now: datetime,
+) -> str:
+    """The person with this (normalised) identity code, created in `uow` on first sight; the look-up is logged."""
+    person_id = uow.session.scalars(select(PersonRow.id).where(PersonRow.hetu_index == index)).first()
+    created = person_id is None
+    if person_id is None:
+        person_id = new_id("per")
+        sealed = seal_hetu(code, person_id, broker.keys)
+        uow.session.add(
+            PersonRow(
+                id=person_id,
+                hetu_index=index,
+                hetu_kek_id=sealed.kek_id,
+                hetu_wrapped_key=sealed.wrapped_key,
+                hetu_nonce=sealed.nonce,
+                hetu_ciphertext=sealed.ciphertext,
+                birth_date=birth_date(code),
+                display_name=display_name,
+                created_at=now,
+            )
+        )
+        uow.session.flush()
+    # Looking a person up is logged too: who asked for whom is what an enumeration review needs.
+    append_entry(uow, event="person:resolve", now=now, caller=caller, person_id=person_id, detail={"created": created})
+    return person_id
+
+
+def find_person_by_hetu(broker: Broker, uow: UnitOfWork, hetu: str) -> str | None:
+    """The id of the person with this identity code, found through its keyed hash; never creates one. Raises
+    InvalidHetuError for a malformed code (whose message never repeats it)."""
+    index = hetu_index(normalise_hetu(hetu), broker.keys)
+    person_id: str | None = uow.session.scalars(select(PersonRow.id).where(PersonRow.hetu_index == index)).first()
+    return person_id
 
 
 def lock_person(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> PersonRow:
@@ -114,6 +146,134 @@ def age(person: PersonRow | date, now: datetime) -> int:
 
 def is_minor(person: PersonRow | date, now: datetime) -> bool:
     return age(person, now) < 18
+
+
+def mandate_covers(mandate: str, *, minor: bool) -> bool:
+    """Whether a mandate lets its holder act for the person now: a custodian only while the person is a minor,
+    a guardian or attorney for personal matters only for an adult."""
+    if mandate == "custodian":
+        return minor
+    return mandate in ADULT_MANDATES and not minor
+
+
+def representation_active(valid_from: datetime, valid_until: datetime | None, now: datetime) -> bool:
+    return utc(valid_from) <= now and (valid_until is None or now < utc(valid_until))
+
+
+def has_legal_representative(uow: UnitOfWork, person_id: str, now: datetime, *, minor: bool) -> bool:
+    """Whether a registered, active mandate lets someone consent for the person now (read for the statutory
+    exception that needs its absence, 703/2023 53 § 5–6 mom.)."""
+    return any(
+        representation_active(row.valid_from, row.valid_until, now) and mandate_covers(row.mandate, minor=minor)
+        for row in _MANDATES_OF_PERSON.rows(uow.session, {"person_id": person_id})
+    )
+
+
+def register_representative(
+    broker: Broker, caller: Caller, person_id: str, *, hetu: str, mandate: str, valid_until: datetime | None
+) -> dict[str, Any]:
+    """Register a mandate the calling organisation has verified: the person with identity code `hetu` (created on
+    first sight) may act for `person_id` under `mandate`. A custodian only for a minor, the adult mandates only for
+    an adult. An active registration of the same mandate for the same pair is superseded (ended now)."""
+    if mandate not in MANDATES:
+        raise InvalidRequestError(f"mandate must be one of {', '.join(MANDATES)}", field="mandate")
+    code = normalise_hetu(hetu)
+    index = hetu_index(code, broker.keys)
+    for attempt in range(2):
+        try:
+            return _register_once(broker, caller, person_id, code, index, mandate, valid_until)
+        except IntegrityError:
+            # The representative was first seen by a concurrent transaction too (the unique index); read theirs.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _register_once(
+    broker: Broker,
+    caller: Caller,
+    person_id: str,
+    code: str,
+    index: str,
+    mandate: str,
+    valid_until: datetime | None,
+) -> dict[str, Any]:
+    with broker.uow() as uow:
+        person = lock_person(uow, person_id, exclusive=True)
+        now = broker.clock.now()
+        minor = is_minor(person, now)
+        if mandate == "custodian" and not minor:
+            raise InvalidRequestError("a custodian acts only for a minor; this person is an adult", field="mandate")
+        if mandate in ADULT_MANDATES and minor:
+            raise InvalidRequestError(f"a {mandate} mandate is for an adult; this person is a minor", field="mandate")
+        if valid_until is not None and utc(valid_until) <= now:
+            raise InvalidRequestError("valid_until must be in the future", field="valid_until")
+        if person.hetu_index == index:
+            raise InvalidRequestError("a person cannot be their own representative", field="hetu")
+        if caller.organisation_id not in active_relationship_orgs(uow, person_id):
+            # A mandate opens the person's whole portal: only an organisation that serves the person, and so
+            # has had reason to verify who may act for them, can register one.
+            raise ConflictError(
+                f"organisation '{caller.organisation_id}' has no active service relationship with this person",
+                extra={"code": "no_relationship"},
+            )
+        representative_id = _find_or_create(broker, uow, caller, code, index, None, now)
+        superseded = _supersede(uow, person_id, representative_id, mandate, now)
+        row = RepresentationRow(
+            id=new_id("rep"),
+            person_id=person_id,
+            representative_id=representative_id,
+            mandate=mandate,
+            valid_from=now,
+            valid_until=utc(valid_until) if valid_until is not None else None,
+            registered_by=caller.organisation_id,
+            created_at=now,
+        )
+        uow.session.add(row)
+        append_entry(
+            uow,
+            event="representation:register",
+            now=now,
+            caller=caller,
+            person_id=person_id,
+            detail={
+                "representation_id": row.id,
+                "representative_id": representative_id,
+                "mandate": mandate,
+                **({"superseded": superseded} if superseded else {}),
+            },
+        )
+        uow.commit()
+        return representation_view(row)
+
+
+def _supersede(uow: UnitOfWork, person_id: str, representative_id: str, mandate: str, now: datetime) -> list[str]:
+    """End (at `now`) the active registrations of the same mandate for the same pair; return their ids."""
+    rows = uow.session.scalars(
+        select(RepresentationRow).where(
+            RepresentationRow.person_id == person_id,
+            RepresentationRow.representative_id == representative_id,
+            RepresentationRow.mandate == mandate,
+        )
+    )
+    ended = []
+    for row in rows:
+        if representation_active(row.valid_from, row.valid_until, now):
+            row.valid_until = now
+            ended.append(row.id)
+    return ended
+
+
+def representation_view(row: RepresentationRow) -> dict[str, Any]:
+    return {
+        "representation_id": row.id,
+        "person_id": row.person_id,
+        "representative_id": row.representative_id,
+        "mandate": row.mandate,
+        "valid_from": utc(row.valid_from),
+        "valid_until": utc(row.valid_until) if row.valid_until else None,
+        "registered_by": row.registered_by,
+    }
 
 
 def active_relationship_orgs(uow: UnitOfWork, person_id: str) -> frozenset[str]:

@@ -1,9 +1,12 @@
-"""A real broker: the demo instance served by gunicorn on a free loopback port."""
+"""A real broker: the demo instance served by gunicorn on a free loopback port; a partner system's OAuth
+client for it; and a real browser (Debian's Chromium driven by Playwright) for the portal's browser tests."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,9 +14,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 import requests
+
+if TYPE_CHECKING:
+    from authlib.integrations.requests_client import OAuth2Session
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = [sys.executable, "-m", "broker.cli"]
@@ -86,3 +94,66 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             server.kill()
             server.wait()
         log.close()
+
+
+def partner_session(served: Served, client_id: str) -> OAuth2Session:
+    """A demo partner system's OAuth client (Authlib, `private_key_jwt` as docs/examples/disclose.py does it),
+    with a fresh access token."""
+    from authlib.integrations.requests_client import OAuth2Session
+    from joserfc.jwk import OKPKey
+
+    spec = importlib.util.spec_from_file_location("disclose_example", ROOT / "docs" / "examples" / "disclose.py")
+    assert spec and spec.loader
+    example: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    entry = next(p for p in served.demo["partners"] if p["client_id"] == client_id)
+    key = OKPKey.import_key(json.loads((served.instance / entry["key_file"]).read_text()))
+    session = OAuth2Session(client_id, key, token_endpoint_auth_method=example.BrokerAssertion.name)
+    session.register_client_auth_method(example.BrokerAssertion(served.demo["issuer"], entry["actor"]))
+    session.fetch_token(f"{served.base_url}/oauth/token", grant_type="client_credentials")
+    return session
+
+
+#: How Chromium is started here: headless, no sandbox (root), and nothing that reaches out to the network.
+#: Playwright adds `--headless` and a fresh, empty `--user-data-dir` of its own to every launch.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def chromium_executable() -> str | None:
+    """The system's Chromium: `BROKER_CHROMIUM` (a path or a command name), else `chromium` on the PATH.
+    Playwright's own browser download is never used."""
+    wanted = os.environ.get("BROKER_CHROMIUM") or "chromium"
+    return shutil.which(wanted)
+
+
+def _browser_unavailable(reason: str) -> NoReturn:
+    """In CI a missing browser is a failure (.ci/run installs it); on a developer's machine the tests skip."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: browser tests must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium per test module; each test opens its own context (cookies, storage)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _browser_unavailable("playwright is not installed: pip install -e '.[test]'")
+    executable = chromium_executable()
+    if executable is None:
+        _browser_unavailable("Chromium not found: install Debian's chromium, or set BROKER_CHROMIUM")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=list(CHROMIUM_ARGS))
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -38,7 +38,8 @@ def test_an_in_person_consent_is_recorded_with_its_text_and_history(env: Env) ->
         events = uow.session.scalars(
             select(ConsentEventRow).where(ConsentEventRow.consent_id == consent["consent_id"])
         ).all()
-    assert text is not None and text.language == "sv" and "varha-health" in text.text
+    assert text is not None and text.language == "sv" and "Liedon terveysasema" in text.text
+    assert "arbetsbedömning" in text.text.lower() and "work_assessment" not in text.text
     assert [(e.action, e.by_kind, e.by_org, e.by_actor) for e in events] == [
         ("grant", "professional", "kisalli", "kisalli-staff-1")
     ]

@@ -141,6 +141,7 @@ def test_the_event_types_are_the_agreed_subject_action_pairs() -> None:
         "relationship:start",
         "relationship:end",
         "person:resolve",
+        "representation:register",
     } == EVENT_TYPES
     for event in EVENT_TYPES:
         assert disclosure(event=event)["event"] == event

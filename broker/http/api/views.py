@@ -65,6 +65,26 @@ class RelationshipEnd(MethodView):
         return persons.end_relationship(current_broker(), current_caller(), person_id)
 
 
+@blp.route("/persons/<person_id>/representatives")
+class Representatives(MethodView):
+    @require_scope("persons")
+    @blp.arguments(s.RepresentativeCreateSchema)
+    @blp.response(201, s.RepresentationSchema)
+    @_responses(400, 401, 403, 404)
+    def post(self, body: dict[str, Any], person_id: str) -> dict[str, Any]:
+        """Register a mandate the calling organisation has verified: the person with identity code `hetu` (created
+        on first sight) may act for this person in the portal — a custodian for a minor, a guardian or attorney for
+        personal matters for an adult."""
+        return persons.register_representative(
+            current_broker(),
+            current_caller(),
+            person_id,
+            hetu=body["hetu"],
+            mandate=body["mandate"],
+            valid_until=body["valid_until"],
+        )
+
+
 @blp.route("/consent-requests")
 class ConsentRequests(MethodView):
     @require_scope("consents")
