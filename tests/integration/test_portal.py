@@ -33,9 +33,9 @@ from werkzeug.test import TestResponse
 from broker.adapters.orm import ConsentRow, PortalSessionRow
 from broker.app import create_app
 from broker.config import Settings
+from broker.domain import labels
 from broker.domain.clock import FixedClock
 from broker.domain.errors import ConfigurationError
-from broker.domain import labels
 from broker.http.portal.sessions import IDLE_TIMEOUT, session_id
 from broker.services import persons
 from schemas.records.examples import EXAMPLES
