@@ -752,6 +752,19 @@ def disclosure_log(
         )
 
 
+def log_organisations(broker: Broker, user: PortalUser) -> list[dict[str, Any]]:
+    """The organisations that appear in the subject's log — to filter it by — sorted by name: one DISTINCT query
+    on the (person_id, created_at) index, however long the log."""
+    with broker.uow(write=False) as uow:
+        now = broker.clock.now()
+        subject, _ = _acting(uow, user, now)
+        ids = uow.session.scalars(
+            select(DisclosureRow.recipient_org).where(DisclosureRow.person_id == subject).distinct()
+        ).all()
+        orgs = _organisations(uow, ids)
+    return sorted(orgs.values(), key=lambda o: (str(o["name"] or o["id"]), o["id"]))
+
+
 def _log(
     broker: Broker,
     uow: UnitOfWork,

@@ -174,6 +174,7 @@ def test_a_portal_user_that_claims_someone_elses_data_sees_nothing(env: Env) -> 
             portal.list_requests,
             portal.list_consents,
             portal.disclosure_log,
+            portal.log_organisations,
             portal.statutory_flows,
             portal.my_data,
         ):
@@ -619,6 +620,9 @@ def test_the_log_lists_disclosures_and_refusals_newest_first_with_filters_and_pa
     assert portal.disclosure_log(env.broker, user, effect="deny")["total"] == 1
     assert portal.disclosure_log(env.broker, user, organisation="kisalli")["total"] == 3
     assert portal.disclosure_log(env.broker, user, category="work_assessment")["total"] == 0
+    # The organisations to filter by: those in this person's log (not the other's), once each, by name.
+    assert [o["id"] for o in portal.log_organisations(env.broker, user)] == ["kela", "kisalli"]
+    assert portal.log_organisations(env.broker, me(env, other)) == [permitted["organisation"]]
     today = env.clock.now().date()
     first_day = today - timedelta(days=3)
     assert portal.disclosure_log(env.broker, user, since=first_day, until=first_day)["total"] == 1

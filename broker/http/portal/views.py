@@ -649,7 +649,7 @@ def disclosure_log() -> Any:
     broker, user = _broker(), _user()
     filters, errors, number = _log_filters()
     result = person_portal.disclosure_log(broker, user, page=number, per_page=PER_PAGE, **filters)
-    organisations = _organisations_in(broker, user)
+    organisations = person_portal.log_organisations(broker, user)  # to filter by
     query = {k: request.args[k] for k in ("organisation", "category", "effect", "since", "until") if k in request.args}
 
     def page_url(n: int) -> str:
@@ -666,22 +666,6 @@ def disclosure_log() -> Any:
         filtered=bool(query),
         page_url=page_url,
     )
-
-
-def _organisations_in(broker: Broker, user: PortalUser) -> list[dict[str, Any]]:
-    """The organisations to filter by: those that appear in the person's log."""
-    seen: dict[str, dict[str, Any]] = {}
-    number = 1
-    while True:
-        result = person_portal.disclosure_log(broker, user, page=number, per_page=100)
-        for item in result["items"]:
-            organisation = item.get("organisation") or {}
-            if organisation.get("id"):
-                seen.setdefault(organisation["id"], organisation)
-        if number >= int(result.get("pages") or 1) or number >= 50:
-            break
-        number += 1
-    return sorted(seen.values(), key=lambda o: str(o.get("name") or o["id"]))
 
 
 # --- Shared without my consent ---
