@@ -266,6 +266,7 @@ def _summary(base_url: str, instance: Path, demo: dict[str, Any], *, fresh: bool
     return f"""
 Consent Broker demo {"created" if fresh else "ready (existing instance kept)"} in {instance.name}/
 
+  Client portal   {base_url}/portal/   (log in as Mikko, Sari, Elias, Leena — Elias's custodian — or the DPO)
   API docs        {base_url}/api/v1/docs
   OpenAPI         {base_url}/api/v1/openapi.json
   OAuth metadata  {base_url}/.well-known/oauth-authorization-server
