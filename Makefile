@@ -56,6 +56,10 @@ bench: $(STAMP) ## disclosures per second over HTTP next to /healthz (gunicorn, 
 bench-policy: $(STAMP) ## decide() next to cedarpy: p50/p99 and decisions/s with 1, 100 and 10,000 consents
 	$(BIN)/python -m bench.policy
 
+.PHONY: bench-portal
+bench-portal: $(STAMP) $(MO) ## server time of every portal page, fi/sv/en, 1,000 disclosures (BROKER_BENCH_POSTGRES_URL)
+	$(BIN)/python -m bench.portal
+
 soak: $(STAMP) ## decide() against its Cedar oracle on 200,000 generated requests (BROKER_SOAK_REQUESTS, _SEED)
 	@seed=$${BROKER_SOAK_SEED:-$$(date +%s)}; echo "BROKER_SOAK_SEED=$$seed"; \
 	BROKER_SOAK_REQUESTS=$${BROKER_SOAK_REQUESTS:-200000} BROKER_SOAK_SEED=$$seed \

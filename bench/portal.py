@@ -10,7 +10,7 @@ A benchmark, not a test. What it does (docs/benchmarks.md, "Client portal", has 
    consents — active, withdrawn by a professional, withdrawn in the portal, expired, granted in the portal — a
    refused request and three pending ones, and `--disclosures` (1,000) disclosures made with
    broker.services.disclosures.request_disclosure — the full disclosure transaction, audit entry included — by
-   eight organisations asking for nine categories, with the clock moved on two hours between them, so that the
+   seven organisations asking for eight categories, with the clock moved on two hours between them, so that the
    log holds permits and denials (statute, consent, consents withdrawn or expired on the way, a forbidding rule,
    requests no rule lists);
 3. logs that person in the way a browser does, through the development identity provider, with Flask's test
@@ -20,9 +20,11 @@ A benchmark, not a test. What it does (docs/benchmarks.md, "Client portal", has 
    person reads — overview, consents, a consent, the withdraw confirmation, the log (first page, a filtered
    page, the last page), statutory, my data as HTML and as JSON — in Finnish, Swedish and English, after a
    warm-up, in rounds that take turns through all pages and languages (a burst of other work on the machine
-   hits every page alike); every timed answer must be 200;
-5. prints p50/p95/p99/max per page and language, and the SQL statements and bytes of one answer, and writes
-   bench/results/portal-<date>.json. Target (issue #4): every page ≤ 100 ms of server time.
+   hits every page alike); no garbage collection is forced during the timing, so Python's full collections
+   fall where the allocations put them, as in a served worker, and are counted; every timed answer must be 200;
+5. prints p50/p95/p99/max per page and language, the SQL statements and bytes of one answer and the calls that
+   included a full garbage collection, and writes bench/results/portal-<date>.json. Target (issue #4): every
+   page ≤ 100 ms of server time.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -114,6 +116,7 @@ class Person:
     consent_id: str  # an active consent: its page and its withdraw confirmation are timed
     pages: int = 0  # of the log, 20 a page
     effects: dict[str, int] = field(default_factory=dict)
+    by_ask: dict[str, dict[str, int]] = field(default_factory=dict)  # "requester category purpose" → effects
     seconds_to_create: float = 0.0
 
 
@@ -130,7 +133,9 @@ def grant_in_portal(broker: Broker, person_id: str, request_id: str) -> str:
     return consent_id
 
 
-def ask(broker: Broker, org: str, person_id: str, recipients: list[str], categories: list[str], purposes: list[str]) -> str:
+def ask(
+    broker: Broker, org: str, person_id: str, recipients: list[str], categories: list[str], purposes: list[str]
+) -> str:
     request = consents.request_consent(
         broker,
         caller(broker, org),
@@ -175,8 +180,10 @@ def create_person(broker: Broker, clock: FixedClock, count: int, now: datetime) 
         consent_id: str = given["consent_id"]
         return consent_id
 
-    active = record("varha-health", "work_assessment", "work_capacity_assessment", 365, method="in_person",
-                    witness="Työvalmentaja Pekka Salo")  # fmt: skip
+    witness = "Työvalmentaja Pekka Salo"
+    active = record(
+        "varha-health", "work_assessment", "work_capacity_assessment", 365, method="in_person", witness=witness
+    )
     to_withdraw = record("demo-employer", "work_assessment", "service_delivery", None, method="paper", witness=None)
     record("aurajoki-foundation", "service_need_assessment", "multisector_planning", 30, method="paper", witness=None)
     grant_in_portal(
@@ -185,13 +192,16 @@ def create_person(broker: Broker, clock: FixedClock, count: int, now: datetime) 
         ask(broker, "kisalli", person_id, ["kisalli"], ["service_need_assessment"], ["multisector_planning"]),
     )
     withdrawn_in_portal = grant_in_portal(
-        broker, person_id, ask(broker, "kisalli", person_id, ["kisalli"], ["health_check_summary"], ["service_delivery"])
+        broker,
+        person_id,
+        ask(broker, "kisalli", person_id, ["kisalli"], ["health_check_summary"], ["service_delivery"]),
     )
     refused = ask(broker, "ohjaamo-turku", person_id, ["ohjaamo-turku"], ["benefit_status"], ["service_delivery"])
     person_portal.refuse_request(broker, person_portal.portal_user(broker, person_id), refused)
     persons.end_relationship(broker, caller(broker, "ohjaamo-turku"), person_id)
 
     effects = {"permit": 0, "deny": 0}
+    by_ask = {" ".join(a): {"permit": 0, "deny": 0} for a in ASKS}
     for i in range(count):
         clock.advance(seconds=STEP.total_seconds())
         if i == count * 2 // 5:
@@ -203,19 +213,27 @@ def create_person(broker: Broker, clock: FixedClock, count: int, now: datetime) 
             disclosures.request_disclosure(
                 broker, caller(broker, org), disclosures.DisclosureAsk(person_id, category, purpose)
             )
-            effects["permit"] += 1
+            effect = "permit"
         except NoLegalBasisError:
-            effects["deny"] += 1
+            effect = "deny"
+        effects[effect] += 1
+        by_ask[" ".join(ASKS[i % len(ASKS)])][effect] += 1
 
     clock.at = now  # the present: the ID token of the login is checked against the real time
-    ask(broker, "kisalli", person_id, ["kisalli", "aurajoki-foundation"], ["service_need_assessment",
-        "health_check_summary"], ["multisector_planning", "service_delivery"])  # fmt: skip
+    ask(
+        broker,
+        "kisalli",
+        person_id,
+        ["kisalli", "aurajoki-foundation"],
+        ["service_need_assessment", "health_check_summary"],
+        ["multisector_planning", "service_delivery"],
+    )
     ask(broker, "varha-social-work", person_id, ["varha-social-work"], ["youth_referral"], ["service_referral"])
     ask(broker, "demo-employer", person_id, ["demo-employer"], ["contact_details"], ["service_delivery"])
     found = person_portal.disclosure_log(broker, person_portal.portal_user(broker, person_id), per_page=20)
     if found["total"] != count or not effects["permit"] or not effects["deny"]:
         raise SystemExit(f"the log holds {found['total']} entries ({effects}), expected {count} of both kinds")
-    return Person(person_id, hetu, active, found["pages"], effects, time.perf_counter() - started)
+    return Person(person_id, hetu, active, found["pages"], effects, by_ask, time.perf_counter() - started)
 
 
 # --- the browser ------------------------------------------------------------------------------------------------
@@ -280,6 +298,8 @@ class Row:
     mean_ms: float
     statements: int  # SQL statements of one call (through SQLAlchemy)
     kib: float  # the answer's body
+    full_gc_calls: int  # timed calls during which Python ran a full (generation 2) garbage collection
+    p99_without_full_gc_ms: float  # p99 of the other calls: the page's own work
 
     def as_dict(self) -> dict[str, Any]:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -304,7 +324,34 @@ def counting(database: Database) -> Iterator[list[int]]:
         event.remove(database.engine, "before_cursor_execute", count)
 
 
-def measure(backend: str, env: Env, person: Person, args: argparse.Namespace) -> list[Row]:
+class FullCollections:
+    """A gc callback: Python's full (generation 2) collections — how many, and how long each took. They run where
+    the allocations happen to cross the collector's thresholds, as in a served worker, and pause the request."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.pauses_ns: list[int] = []
+        self._started = 0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter_ns()
+        else:
+            self.count += 1
+            self.pauses_ns.append(time.perf_counter_ns() - self._started)
+
+    def summary(self) -> dict[str, Any]:
+        pauses = sorted(self.pauses_ns)
+        return {
+            "count": self.count,
+            "pause_ms_p50": round(percentile(pauses, 0.5), 2) if pauses else None,
+            "pause_ms_max": round(pauses[-1] / 1e6, 2) if pauses else None,
+        }
+
+
+def measure(backend: str, env: Env, person: Person, args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     client = env.app.test_client()
     log_in(client, env.issuer, "aino")
     combos = [(name, path, lang) for name, path in pages(person) for lang in LANGUAGES]
@@ -318,31 +365,44 @@ def measure(backend: str, env: Env, person: Person, args: argparse.Namespace) ->
 
     shape: dict[tuple[str, str], tuple[int, int]] = {}
     for name, path, lang in combos:  # each answer is right before anything is timed
-        with counting(env.broker.db) as statements:
+        with counting(env.broker.db) as counted:
             status, body, answered_in = get(path, lang)
         if status != 200 or (answered_in != lang and not path.endswith(".json")):
             raise SystemExit(f"{path} ({lang}): {status}, Content-Language {answered_in!r}")
         if path.endswith(".json") and len(json.loads(body)["disclosures"]) != args.disclosures:
             raise SystemExit(f"{path}: the download does not hold every disclosure")
-        shape[name, lang] = (statements[0], len(body))
+        shape[name, lang] = (counted[0], len(body))
         for _ in range(args.warmup):
             get(path, lang)
 
     samples: dict[tuple[str, str], list[int]] = {(name, lang): [] for name, _, lang in combos}
-    for _ in range(args.reps):
-        gc.collect()
-        for name, path, lang in combos:
-            start = clock()
-            status, _, _ = get(path, lang)
-            taken = clock() - start
-            if status != 200:
-                raise SystemExit(f"{path} ({lang}): {status}")
-            samples[name, lang].append(taken)
+    with_gc: dict[tuple[str, str], list[bool]] = {(name, lang): [] for name, _, lang in combos}
+    # One collection before the timing, none forced during it: the collector runs where it would in a worker.
+    gc.collect()
+    if args.gc_freeze:  # what a worker could do once it has loaded the application (docs/benchmarks.md)
+        gc.freeze()
+    collections = FullCollections()
+    gc.callbacks.append(collections)
+    try:
+        for _ in range(args.reps):
+            for name, path, lang in combos:
+                before = collections.count
+                start = clock()
+                status, _, _ = get(path, lang)
+                taken = clock() - start
+                if status != 200:
+                    raise SystemExit(f"{path} ({lang}): {status}")
+                samples[name, lang].append(taken)
+                with_gc[name, lang].append(collections.count > before)
+    finally:
+        gc.callbacks.remove(collections)
+        gc.unfreeze()
 
     rows = []
     for name, path, lang in combos:
         found = sorted(samples[name, lang])
-        statements, size = shape[name, lang]
+        without_gc = sorted(t for t, hit in zip(samples[name, lang], with_gc[name, lang], strict=True) if not hit)
+        count, size = shape[name, lang]
         rows.append(
             Row(
                 backend=backend,
@@ -355,11 +415,13 @@ def measure(backend: str, env: Env, person: Person, args: argparse.Namespace) ->
                 p99_ms=percentile(found, 0.99),
                 max_ms=found[-1] / 1e6,
                 mean_ms=sum(found) / len(found) / 1e6,
-                statements=statements,
+                statements=count,
                 kib=size / 1024,
+                full_gc_calls=sum(with_gc[name, lang]),
+                p99_without_full_gc_ms=percentile(without_gc, 0.99) if without_gc else math.nan,
             )
         )
-    return rows
+    return rows, collections.summary()
 
 
 # --- the instances ----------------------------------------------------------------------------------------------
@@ -405,8 +467,9 @@ def run_backend(backend: str, url: str | None, workdir: Path, args: argparse.Nam
         stack.callback(env.broker.db.dispose)
         print(f"{backend}: creating the person and {args.disclosures:,} disclosures …", file=sys.stderr, flush=True)
         person = create_person(env.broker, env.clock, args.disclosures, now)
-        demo = {"issuer": ISSUER, "persons": [{"person_id": person.person_id, "hetu": person.hetu,
-                                                "name": PERSON_NAME, "login": "aino"}]}  # fmt: skip
+        # The development identity provider offers the persons of demo.json as personas.
+        persona = {"person_id": person.person_id, "hetu": person.hetu, "name": PERSON_NAME, "login": "aino"}
+        demo = {"issuer": ISSUER, "persons": [persona]}
         (settings.instance_path / "demo.json").write_text(json.dumps(demo), encoding="utf-8")
         print(
             f"{backend}: {person.effects['permit']} permits, {person.effects['deny']} denials in "
@@ -414,7 +477,7 @@ def run_backend(backend: str, url: str | None, workdir: Path, args: argparse.Nam
             file=sys.stderr,
             flush=True,
         )
-        rows = measure(backend, env, person, args)
+        rows, collections = measure(backend, env, person, args)
         return {
             "backend": backend,
             "database": server_version(env.broker.db),
@@ -424,7 +487,9 @@ def run_backend(backend: str, url: str | None, workdir: Path, args: argparse.Nam
                 "denials": person.effects["deny"],
                 "log_pages": person.pages,
                 "seconds_to_create": round(person.seconds_to_create, 1),
+                "by_ask": person.by_ask,
             },
+            "full_garbage_collections": collections,
             "rows": [r.as_dict() for r in rows],
             "_rows": rows,
         }
@@ -469,30 +534,39 @@ def software_info() -> dict[str, Any]:
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| database | page | lang | calls | p50 ms | p95 ms | p99 ms | max ms | SQL statements | KiB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| database | page | lang | calls | p50 ms | p95 ms | p99 ms | max ms | SQL | KiB | full GC | p99 w/o |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.backend} | {r.page} | {r.language} | {r.calls} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | "
-            f"{r.p99_ms:.1f} | {r.max_ms:.1f} | {r.statements} | {r.kib:.1f} |"
+            f"{r.p99_ms:.1f} | {r.max_ms:.1f} | {r.statements} | {r.kib:.1f} | {r.full_gc_calls} | "
+            f"{r.p99_without_full_gc_ms:.1f} |"
         )
     return "\n".join(lines)
 
 
+def where(row: Row) -> dict[str, str]:
+    return {"backend": row.backend, "page": row.page, "language": row.language}
+
+
 def verdict(rows: list[Row]) -> dict[str, Any]:
+    worst_p95 = max(rows, key=lambda r: r.p95_ms)
     worst_p99 = max(rows, key=lambda r: r.p99_ms)
     worst_max = max(rows, key=lambda r: r.max_ms)
+    worst_own = max(rows, key=lambda r: r.p99_without_full_gc_ms)
     return {
         "target_ms": TARGET_MS,
-        "criterion": "p99 of every page in every language ≤ target",
-        "worst_p99": {"ms": round(worst_p99.p99_ms, 2), "page": worst_p99.page, "language": worst_p99.language,
-                      "backend": worst_p99.backend},
-        "worst_max": {"ms": round(worst_max.max_ms, 2), "page": worst_max.page, "language": worst_max.language,
-                      "backend": worst_max.backend},
-        "pages_over_target_p99": sorted({f"{r.backend}: {r.page} ({r.language})" for r in rows if r.p99_ms > TARGET_MS}),
+        "criterion": "p99 of every page in every language ≤ target (all calls, full garbage collections included)",
+        "worst_p95": {"ms": round(worst_p95.p95_ms, 2), **where(worst_p95)},
+        "worst_p99": {"ms": round(worst_p99.p99_ms, 2), **where(worst_p99)},
+        "worst_max": {"ms": round(worst_max.max_ms, 2), **where(worst_max)},
+        "worst_p99_without_full_gc": {"ms": round(worst_own.p99_without_full_gc_ms, 2), **where(worst_own)},
+        "over_target_p99": [where(r) for r in rows if r.p99_ms > TARGET_MS],
         "met": worst_p99.p99_ms <= TARGET_MS,
-    }  # fmt: skip
+        "met_p95": worst_p95.p95_ms <= TARGET_MS,
+        "met_p99_without_full_gc": worst_own.p99_without_full_gc_ms <= TARGET_MS,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -500,6 +574,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--disclosures", type=int, default=1000, help="disclosures in the person's log")
     parser.add_argument("--reps", type=int, default=60, help="timed calls of each page in each language")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls of each page and language first")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() after the warm-up: the application's objects leave the full collections (not the default)",
+    )
     parser.add_argument(
         "--backend",
         choices=("sqlite", "postgres", "all"),
@@ -532,12 +611,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     found = verdict(rows)
     print(table(rows))
     print()
-    worst = found["worst_p99"]
+
+    def worst(key: str) -> str:
+        w = found[key]
+        return f"{w['ms']:.1f} ms ({w['backend']}, {w['page']}, {w['language']})"
+
+    print(f"worst p95 {worst('worst_p95')}; worst p99 {worst('worst_p99')}; worst call {worst('worst_max')}")
+    print(f"worst p99 of the calls without a full garbage collection: {worst('worst_p99_without_full_gc')}")
     print(
-        f"worst p99: {worst['ms']:.1f} ms ({worst['backend']}, {worst['page']}, {worst['language']}); "
-        f"worst single call {found['worst_max']['ms']:.1f} ms — "
-        f"{'meets' if found['met'] else 'MISSES'} the target of ≤ {TARGET_MS:g} ms for every page"
+        f"p99 of every page: {'meets' if found['met'] else 'MISSES'} the target of ≤ {TARGET_MS:g} ms "
+        f"(p95: {'met' if found['met_p95'] else 'missed'}; without full collections: "
+        f"{'met' if found['met_p99_without_full_gc'] else 'missed'})"
     )
+    for result in results:
+        gcs = result["full_garbage_collections"]
+        print(
+            f"{result['backend']}: {gcs['count']} full garbage collections, pause p50 {gcs['pause_ms_p50']} ms, "
+            f"max {gcs['pause_ms_max']} ms"
+        )
 
     document = {
         "benchmark": "portal",
@@ -553,7 +644,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"},
         "timing": "time.perf_counter_ns around each Flask test-client GET (request, view, queries, template, body); "
         "one thread, logged in through the development identity provider; rounds take turns through all pages "
-        "and languages",
+        "and languages; no garbage collection forced during the timing",
+        "columns": "SQL: statements of one call through SQLAlchemy; KiB: the body; full GC: timed calls during which "
+        "Python ran a full (generation 2) garbage collection; p99 w/o: p99 of the other calls",
         "setup": "disclosures made with broker.services.disclosures.request_disclosure (the full transaction, "
         "audit entry included), the clock two hours on between them; everything else through the services too",
         "backends": results,

@@ -1027,13 +1027,19 @@ def _representation_view(
     }
 
 
+#: Values that are JSON-ready as they are — most of a download (ids, names, codes) — passed through without a call.
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _json_ready(value: Any) -> Any:
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, datetime):
         return utc(value).isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
+        return {k: v if type(v) in _PLAIN else _json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
+        return [v if type(v) in _PLAIN else _json_ready(v) for v in value]
     return value
