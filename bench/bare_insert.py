@@ -4,7 +4,7 @@ the broker does (broker/adapters/database.py) — and nothing else: no auth, no 
 
 Served by bench/http_disclosure.py under the same gunicorn settings as the broker:
 
-    BENCH_BARE_DB=/tmp/x/bare.db gunicorn --workers 2 --worker-class sync 'bench.bare_insert:create_app()'
+    BENCH_BARE_DB=bare.db gunicorn --workers 2 --worker-class sync 'bench.bare_insert:create_app()'
 
 Not part of the broker.
 """
