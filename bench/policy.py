@@ -31,7 +31,6 @@ A benchmark, not a test. What it does (docs/benchmarks.md, "Policy engine", has 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib.metadata
 import json
@@ -48,6 +47,7 @@ from typing import Any
 
 import cedarpy
 
+from bench.machine import machine_info
 from policies import ConsentFact, DecisionRequest, Facts, Policy, StatutoryException, decide, load_policy
 from tests.oracle.cedar import CedarPolicy, cedar_request, context, facts_entities, translate_policy
 
@@ -284,28 +284,6 @@ def rows_for(size: int, policy: Policy, cedar: CedarPolicy, args: argparse.Names
 # --- report ---------------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    memory_gib = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "memory_gib": memory_gib,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cedarpy": importlib.metadata.version("cedarpy"),
-    }
-
-
 def verdict(rows: list[Row]) -> dict[str, Any]:
     by = {(r.engine, r.consents): r for r in rows}
     sizes = sorted({r.consents for r in rows})
@@ -388,7 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "policy",
         "date": started.isoformat(timespec="seconds"),
         "command": "make bench-policy",
-        "machine": machine_info(),
+        "machine": {
+            **machine_info(),
+            "python": platform.python_version(),
+            "cedarpy": importlib.metadata.version("cedarpy"),
+        },
         # Other work on the machine shows here: the numbers are only as good as the quiet they ran in.
         "load_average_1_5_15min": {
             "before": [round(x, 2) for x in load_before],

@@ -55,6 +55,7 @@ from urllib.parse import urlsplit
 from flask.testing import FlaskClient
 from sqlalchemy import event, text
 
+from bench.machine import machine_info
 from broker.adapters.database import Database
 from broker.domain.clock import FixedClock
 from broker.domain.errors import NoLegalBasisError
@@ -496,26 +497,6 @@ def run_backend(backend: str, url: str | None, workdir: Path, args: argparse.Nam
 
 
 # --- report -----------------------------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    memory_gib = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "memory_gib": memory_gib,
-        "kernel": platform.release(),
-    }
 
 
 def software_info() -> dict[str, Any]:
