@@ -49,7 +49,14 @@ _HETU_LIKE = re.compile(r"(?<![0-9A-Za-z])\d{6}[-+A-FU-Y]\d{3}[0-9A-Y]")
 _HEX_256 = re.compile(r"[0-9a-f]{64}")
 
 
-def build_entry(
+def build_entry(**arguments: Any) -> dict[str, Any]:
+    """Return the entry as a JSON-ready dict whose canonical bytes (`entry_bytes`) become its leaf: the arguments
+    of `encode_entry`, decoded from its bytes — a fresh copy, so later changes to `basis` or `detail` cannot alter
+    it."""
+    return dict(json.loads(encode_entry(**arguments)))
+
+
+def encode_entry(
     *,
     index: int,
     logged_at: datetime,
@@ -69,12 +76,11 @@ def build_entry(
     fields: Sequence[str] = (),
     payload_sha256: str | None = None,
     detail: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Return the entry as a JSON-ready dict whose canonical bytes (`entry_bytes`) become leaf `index`.
+) -> bytes:
+    """The entry's canonical bytes (RFC 8785), the bytes stored and hashed into leaf `index`, canonicalised once.
 
-    Members whose value is None are left out. The dict returned is a fresh copy decoded from those bytes, so
-    later changes to `basis` or `detail` cannot alter it. Raises AuditError when an argument is malformed or
-    a string anywhere in the entry looks like a personal identity code.
+    Members whose value is None are left out. Raises AuditError when an argument is malformed or a string
+    anywhere in the entry looks like a personal identity code.
     """
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise AuditError("index must be a non-negative integer")
@@ -118,7 +124,7 @@ def build_entry(
     for name in entry:
         if any(_HETU_LIKE.search(s) for s in _strings(entry[name])):
             raise AuditError(f"{name} contains something that looks like a personal identity code")
-    return dict(json.loads(canonical_json(entry)))
+    return canonical_json(entry)
 
 
 def entry_bytes(entry: dict[str, Any]) -> bytes:

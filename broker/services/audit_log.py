@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 
-from audit import Frontier, build_entry, commit_actor, entry_bytes, leaf_hash, new_actor_salt
+from audit import Frontier, commit_actor, encode_entry, leaf_hash, new_actor_salt
 from broker.adapters.database import Prepared
 from broker.adapters.orm import AuditActorRow, AuditEntryRow, AuditHeadRow
 from broker.adapters.uow import UnitOfWork
@@ -85,7 +85,7 @@ def append_entry(
     index = frontier.size
     actor_id, actor_role = (caller.actor_id, caller.actor_role) if caller else (actor or (None, None))
     salt = new_actor_salt() if actor_id else None
-    entry = build_entry(
+    data = encode_entry(
         index=index,
         logged_at=now,
         event=event,
@@ -105,7 +105,6 @@ def append_entry(
         payload_sha256=payload_sha256,
         detail=detail,
     )
-    data = entry_bytes(entry)
     leaf = leaf_hash(data)
     frontier.append(leaf)
     session = uow.session
