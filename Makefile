@@ -56,6 +56,11 @@ bench: $(STAMP) ## disclosures per second over HTTP next to /healthz (gunicorn, 
 bench-policy: $(STAMP) ## decide() next to cedarpy: p50/p99 and decisions/s with 1, 100 and 10,000 consents
 	$(BIN)/python -m bench.policy
 
+.PHONY: bench-audit
+bench-audit: $(STAMP) ## audit log: offline verification of 1,000,000 entries, proofs at 1,000,000, sequencer rate
+	$(BIN)/python -m bench.audit_offline
+	$(BIN)/python -m bench.audit_db
+
 .PHONY: bench-portal
 bench-portal: $(STAMP) $(MO) ## server time of every portal page, fi/sv/en, 1,000 disclosures (BROKER_BENCH_POSTGRES_URL)
 	$(BIN)/python -m bench.portal

@@ -39,6 +39,11 @@ EVENT_TYPES = frozenset(
         "relationship:end",
         "person:resolve",
         "representation:register",
+        "record:erase",
+        "dpo:review",
+        "dpo:open_commitment",
+        "dpo:report",
+        "audit:query",
     }
 )
 
@@ -82,6 +87,51 @@ def encode_entry(
     Members whose value is None are left out. Raises AuditError when an argument is malformed or a string
     anywhere in the entry looks like a personal identity code.
     """
+    return canonical_json(
+        _entry(
+            index=index,
+            logged_at=logged_at,
+            event=event,
+            request_id=request_id,
+            partner=partner,
+            organisation=organisation,
+            actor_role=actor_role,
+            actor_commitment=actor_commitment,
+            person_id=person_id,
+            category=category,
+            purpose=purpose,
+            effect=effect,
+            basis=basis,
+            policy_version=policy_version,
+            record_ids=record_ids,
+            fields=fields,
+            payload_sha256=payload_sha256,
+            detail=detail,
+        )
+    )
+
+
+def _entry(
+    *,
+    index: int,
+    logged_at: datetime,
+    event: str,
+    request_id: str | None,
+    partner: str | None,
+    organisation: str | None,
+    actor_role: str | None,
+    actor_commitment: str | None,
+    person_id: str | None,
+    category: str | None,
+    purpose: str | None,
+    effect: str | None,
+    basis: dict[str, Any] | None,
+    policy_version: str | None,
+    record_ids: Sequence[str] = (),
+    fields: Sequence[str] = (),
+    payload_sha256: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise AuditError("index must be a non-negative integer")
     if event not in EVENT_TYPES:
@@ -124,7 +174,37 @@ def encode_entry(
     for name in entry:
         if any(_HETU_LIKE.search(s) for s in _strings(entry[name])):
             raise AuditError(f"{name} contains something that looks like a personal identity code")
-    return canonical_json(entry)
+    return entry
+
+
+def encode_pending(**arguments: Any) -> tuple[bytes, int]:
+    """The entry before it has a tree position: `encode_entry`'s arguments without `index`, returned as the
+    canonical bytes of every other member and the offset at which `place_index` puts the index member.
+
+    Entries are appended inside the transactions of the events they record, and a sequencer gives them their
+    positions later (DESIGN.md, "Growing past one machine"), so the index is the one member not known at append
+    time. Canonical JSON lists members in key order (RFC 8785 §3.2.3), and every entry has members on both
+    sides of "index" ("event" before it, "logged_at" and "v" after it): splicing `"index":N,` in at that offset
+    gives exactly the bytes `encode_entry` would have made, without parsing or re-canonicalising in the
+    sequencer.
+    """
+    if "index" in arguments:
+        raise TypeError("encode_pending takes no index: the sequencer assigns it")
+    entry = _entry(index=0, **arguments)
+    del entry["index"]
+    # Member names are ASCII, so UTF-16 code-unit order (RFC 8785 §3.2.3) is plain string order here.
+    before = canonical_json({name: value for name, value in entry.items() if name < "index"})
+    after = canonical_json({name: value for name, value in entry.items() if name > "index"})
+    return before[:-1] + b"," + after[1:], len(before)
+
+
+def place_index(pending: bytes, split: int, index: int) -> bytes:
+    """The final entry bytes: `pending` from `encode_pending` with the index member put in at `split`."""
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise AuditError("index must be a non-negative integer")
+    if not 0 < split < len(pending) or pending[split - 1 : split] != b",":
+        raise AuditError("the split offset does not follow a member separator")
+    return b'%s"index":%d,%s' % (pending[:split], index, pending[split:])
 
 
 def entry_bytes(entry: dict[str, Any]) -> bytes:

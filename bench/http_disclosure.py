@@ -252,6 +252,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wrk: wrk on the last CPU, servers anywhere (default); split: wrk on the last CPU, servers on the "
         "others; none: no pinning",
     )
+    parser.add_argument(
+        "--checkpointing",
+        choices=("on", "off"),
+        default="on",
+        help="on: the audit sequencer integrates, signs and exports checkpoints while serving, as in production "
+        "(default); off: no sequencer in the server (and no anchoring gate), the entries are sequenced after the "
+        "run — the baseline for issue #5's 'no more than 10 %% slower with checkpointing on'",
+    )
     parser.add_argument("--label", default="", help="appended to the results file name (e.g. 'before')")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/*.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary instance and server logs")
@@ -321,6 +329,10 @@ def _run(
     body = json.dumps({"person_id": person_id, **ASK})
 
     broker_cmd = [*taskset(server_cpus), *BROKER, "serve", "--port", str(port), "--workers", str(WORKERS)]
+    serve_env = env
+    if args.checkpointing == "off":
+        # The anchoring gate can be switched off only in test mode; the disclosure path is otherwise the same.
+        serve_env = {**env, "BROKER_MODE": "test", "BROKER_AUDIT_SEQUENCER": "off", "BROKER_AUDIT_ANCHOR_WINDOW": "off"}
     bare_env = {**env, "BENCH_BARE_DB": str(workdir / "bare.db")}
     # The broker's gunicorn settings (broker/wsgi.py): sync workers, no preload, no access log.
     bare_cmd = [
@@ -337,7 +349,7 @@ def _run(
         "bench.bare_insert:create_app()",
     ]
     with (
-        serve(broker_cmd, env, workdir / "broker.log", f"{base_url}/healthz"),
+        serve(broker_cmd, serve_env, workdir / "broker.log", f"{base_url}/healthz"),
         serve(bare_cmd, bare_env, workdir / "bare.log", f"{bare_url}/healthz"),
     ):
         token = fetch_token(base_url, demo["issuer"], instance, demo)
@@ -382,6 +394,8 @@ def _run(
                 )
         after = disclosure_counts(instance / "broker.db")
 
+    # Whatever the servers' sequencer had not integrated when they stopped (all of it with --checkpointing off).
+    subprocess.run([*BROKER, "audit", "sequence", "--once"], env=env, cwd=ROOT, capture_output=True, check=False)
     verify = subprocess.run(
         [*BROKER, "audit", "verify"], env=env, cwd=ROOT, capture_output=True, text=True, check=False
     )
@@ -448,6 +462,7 @@ def _run(
         "settings": {
             "server": f"gunicorn, {WORKERS} sync workers, 127.0.0.1 (loopback)",
             "database": "SQLite, WAL, synchronous=FULL",
+            "checkpointing": args.checkpointing,
             "wrk": f"-t{load.threads} -c{load.connections} -d{load.duration}s --timeout={load.timeout}s",
             "warmup_s": load.warmup,
             "rounds": args.rounds,

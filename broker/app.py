@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.extensions["broker"] = broker
 
     from broker.devidp import init_dev_idp
+    import broker.http.api.audit  # noqa: F401 — registers the audit routes on the API blueprint
     from broker.http.api.views import blp
     from broker.http.portal import init_portal
     from broker.oauth import init_oauth
@@ -133,7 +134,14 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             "flows": {
                 "clientCredentials": {
                     "tokenUrl": f"{settings.issuer}/oauth/token",
-                    "scopes": {"persons": "", "consents": "", "records": "", "disclosures": "", "notices": ""},
+                    "scopes": {
+                        "persons": "",
+                        "consents": "",
+                        "records": "",
+                        "disclosures": "",
+                        "notices": "",
+                        "audit:read": "",
+                    },
                 }
             },
         },

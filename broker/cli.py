@@ -7,6 +7,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -236,15 +237,77 @@ def _stored_policy(prefix: str) -> Policy:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from audit import AuditVerificationError
-    from broker.services.audit_check import verify_database_log
+    from broker.app import build_broker
+    from broker.services.audit_check import verify_broker_log
 
-    settings = _settings()
+    broker = build_broker(_settings())
     try:
-        result = verify_database_log(settings)
+        result = verify_broker_log(broker, check_sink=not args.no_sink)
     except AuditVerificationError as error:
         print(f"audit log INVALID: {error}", file=sys.stderr)
         return 1
-    print(f"audit log verified: {result.size} entries, root {result.root.hex()}")
+    finally:
+        broker.db.dispose()
+    exported = (
+        "sink empty" if result.exported_size is None else f"extends the exported checkpoint of {result.exported_size}"
+    )
+    if args.no_sink:
+        exported = "sink not checked"
+    print(
+        f"audit log verified: {result.size} entries, root {result.root.hex()}, "
+        f"{result.checkpoints} signed checkpoints, {exported}, {result.pending} entries awaiting sequencing"
+    )
+    return 0
+
+
+def cmd_audit_sequence(args: argparse.Namespace) -> int:
+    """Run the sequencer in this process: once, or until interrupted (for deployments that run it apart from
+    the web processes, with BROKER_AUDIT_SEQUENCER=off there)."""
+    import time
+
+    from broker.app import build_broker
+    from broker.services.sequencer import Sequencer, SequencerHalted, SequencerThread
+
+    broker = build_broker(_settings())
+    try:
+        if args.once:
+            sequencer = Sequencer(broker)
+            try:
+                sequencer.check_against_sink()
+                result = sequencer.run_once()
+            except SequencerHalted as error:
+                print(f"sequencer halted: {error}", file=sys.stderr)
+                return 1
+            print(
+                f"sequenced {result.integrated} entries; tree size {result.size}; "
+                f"checkpoint {'exported' if result.exported else 'already exported'}"
+            )
+            return 0
+        thread = SequencerThread(broker)
+        thread.start()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            thread.stop()
+        return 0
+    finally:
+        broker.db.dispose()
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from broker.app import build_broker
+    from broker.services.audit_export import ExportError, export_log
+
+    broker = build_broker(_settings())
+    try:
+        summary = export_log(broker, args.directory, first=args.from_index, end=args.to_index)
+    except ExportError as error:
+        print(f"export failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        broker.db.dispose()
+    print(summary)
     return 0
 
 
@@ -259,6 +322,35 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
         broker.db.dispose()
     print(f"forgot {jtis} used assertion ids and {tokens} expired access tokens")
     return 0
+
+
+def cmd_retention_run(args: argparse.Namespace) -> int:
+    from broker.app import build_broker
+    from broker.services.retention import RetentionRunError, RetentionScheduleError, run_retention
+
+    broker = build_broker(_settings())
+    try:
+        report = run_retention(broker, args.now, dry_run=args.dry_run, batch_size=args.batch_size)
+    except (RetentionScheduleError, RetentionRunError) as error:
+        print(f"retention: {error}", file=sys.stderr)
+        return 2
+    finally:
+        broker.db.dispose()
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _instant(value: str) -> datetime:
+    """An ISO 8601 time with its UTC offset (`2030-03-10T00:00:00+02:00`, `…Z`): a bare date or time would leave
+    open which day it is in Helsinki."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the UTC offset too, e.g. {value}+02:00 or {value}Z")
+    return moment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,8 +416,32 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="scheduled jobs").add_subparsers(dest="jobs_command", required=True)
     add("run", cmd_jobs_run, "run the periodic jobs once (forget expired assertion ids and tokens)", jobs)
 
+    retention = commands.add_parser("retention", help="retention of record content (docs/retention.md)")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True)
+    retention_run = add(
+        "run",
+        cmd_retention_run,
+        "erase the content of records whose retention period (policies/retention.yaml) has ended; "
+        "print what was erased and kept, per category",
+        retention_commands,
+    )
+    retention_run.add_argument("--dry-run", action="store_true", help="count what would be erased; change nothing")
+    retention_run.add_argument(
+        "--now", type=_instant, default=None, metavar="ISO", help="as of this time (default: now; future: dry run only)"
+    )
+    retention_run.add_argument("--batch-size", type=int, default=500, help="records erased per transaction")
+
     audit = commands.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
-    add("verify", cmd_audit_verify, "verify the whole log in the database", audit)
+    verify = add(
+        "verify", cmd_audit_verify, "verify the whole log in the database and against the exported checkpoints", audit
+    )
+    verify.add_argument("--no-sink", action="store_true", help="do not compare with the checkpoint sink")
+    sequence = add("sequence", cmd_audit_sequence, "run the audit sequencer (integrate, sign, export)", audit)
+    sequence.add_argument("--once", action="store_true", help="one round, then exit")
+    export = add("export", cmd_audit_export, "write a verifiable export (python -m audit verify DIR)", audit)
+    export.add_argument("directory", type=Path, metavar="DIR", help="a new or empty folder")
+    export.add_argument("--from", dest="from_index", type=int, default=None, help="first entry index (default 0)")
+    export.add_argument("--to", dest="to_index", type=int, default=None, help="end index, exclusive (default all)")
     return parser
 
 

@@ -31,6 +31,17 @@ class Settings:
     oidc_metadata_url: str | None = None
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = field(default=None, repr=False)
+    # The audit log (broker/services/sequencer.py). The origin names the log in its checkpoints (default: the
+    # issuer's host + "/audit-log"); the sink is a folder (relative to the instance folder) or an https URL; the
+    # anchoring window is how long disclosures go on without a checkpoint reaching the sink (None: no gate, which
+    # only test mode allows); the sequencer runs in every served process unless `audit_sequencer` is off.
+    audit_origin: str | None = None
+    audit_sink: str = "checkpoints"
+    audit_sink_ca: str | None = None
+    audit_batch_size: int = 256
+    audit_interval: float = 1.0
+    audit_anchor_window: int | None = 300
+    audit_sequencer: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -63,7 +74,14 @@ class Settings:
         if mode == "production" and not issuer.startswith("https://"):
             raise ConfigurationError("BROKER_ISSUER must be an https URL in production (RFC 8414 §2)")
         oidc = _oidc_settings(env, mode)
-        settings = cls(instance_path=instance, database_url=database_url, issuer=issuer.rstrip("/"), mode=mode, **oidc)
+        settings = cls(
+            instance_path=instance,
+            database_url=database_url,
+            issuer=issuer.rstrip("/"),
+            mode=mode,
+            **oidc,
+            **_audit_settings(env, mode),
+        )
         return replace(settings, **overrides)
 
 
@@ -83,3 +101,40 @@ def _oidc_settings(env: dict[str, str], mode: str) -> dict[str, str | None]:
         if not metadata_url.startswith("https://"):
             raise ConfigurationError("BROKER_OIDC_METADATA_URL must be an https URL in production")
     return {"oidc_metadata_url": metadata_url, "oidc_client_id": client_id, "oidc_client_secret": client_secret}
+
+
+def _audit_settings(env: dict[str, str], mode: str) -> dict[str, Any]:
+    def number(name: str, default: float, minimum: float) -> float:
+        raw = env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigurationError(f"{name} must be a number, not {raw!r}") from None
+        if value < minimum:
+            raise ConfigurationError(f"{name} must be at least {minimum:g}")
+        return value
+
+    window_raw = env.get("BROKER_AUDIT_ANCHOR_WINDOW", "")
+    if window_raw.lower() == "off":
+        if mode != "test":
+            raise ConfigurationError("BROKER_AUDIT_ANCHOR_WINDOW=off is allowed only in test mode")
+        window = None
+    else:
+        window = int(number("BROKER_AUDIT_ANCHOR_WINDOW", 300, 10))
+    sink = env.get("BROKER_AUDIT_SINK") or "checkpoints"
+    if "://" in sink and not sink.startswith("https://"):
+        raise ConfigurationError("BROKER_AUDIT_SINK must be a folder or an https URL")
+    sequencer = env.get("BROKER_AUDIT_SEQUENCER", "on").lower()
+    if sequencer not in {"on", "off"}:
+        raise ConfigurationError("BROKER_AUDIT_SEQUENCER must be on or off")
+    return {
+        "audit_origin": env.get("BROKER_AUDIT_ORIGIN") or None,
+        "audit_sink": sink,
+        "audit_sink_ca": env.get("BROKER_AUDIT_SINK_CA") or None,
+        "audit_batch_size": int(number("BROKER_AUDIT_BATCH_SIZE", 256, 1)),
+        "audit_interval": number("BROKER_AUDIT_INTERVAL", 1.0, 0.05),
+        "audit_anchor_window": window,
+        "audit_sequencer": sequencer == "on",
+    }

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from broker.adapters.orm import OrganisationRow, PartnerRow, PersonRow
 from broker.config import Settings
 from broker.domain.hetu import make_hetu
-from broker.domain.model import PARTNER_SCOPES, Caller
+from broker.domain.model import DPO_ROLE, DPO_SCOPES, PARTNER_SCOPES, Caller
 from broker.migrations import upgrade
 from broker.services import Broker
 
@@ -39,6 +39,10 @@ ORGANISATIONS: tuple[tuple[str, str, str, str], ...] = (
     ("demo-employer", "employer", "Demo Oy", "employer_contact"),
     ("demo-college", "education_provider", "Demo-ammattiopisto", "education_counsellor"),
 )
+
+
+DPO_PARTNER = "varha-dpo"
+DPO_ORGANISATION = "varha-social-work"
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,30 @@ def register_organisations(broker: Broker) -> None:
                     created_at=now,
                 )
             )
+        uow.commit()
+    register_dpo_partner(broker)
+
+
+def register_dpo_partner(broker: Broker) -> None:
+    """The wellbeing services county's data-protection officer's system: scope `audit:read` only (issue #5's
+    proofs API). Added to a demo instance made before it existed, too."""
+    instance = broker.settings.instance_path
+    with broker.uow() as uow:
+        if uow.session.get(PartnerRow, DPO_PARTNER) is not None:
+            return
+        public = _partner_key(instance, DPO_PARTNER).as_dict(private=False)
+        uow.session.add(
+            PartnerRow(
+                client_id=DPO_PARTNER,
+                organisation_id=DPO_ORGANISATION,
+                name="Varha, tietosuojavastaava (DPO)",
+                jwks={"keys": [public]},
+                alg="Ed25519",
+                scopes=list(DPO_SCOPES),
+                active=True,
+                created_at=broker.clock.now(),
+            )
+        )
         uow.commit()
 
 
@@ -237,6 +265,7 @@ def create_demo(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000
         found = uow.session.execute(select(PersonRow.display_name, PersonRow.id))
         existing = {name: person_id for name, person_id in found}
     ids = {p.key: existing[p.name] for p in PERSONS if p.name in existing} if seeded else seed(broker)
+    register_dpo_partner(broker)
     base_url = f"http://{host}:{port}"
     demo: dict[str, Any] = {
         "base_url": base_url,
@@ -253,6 +282,18 @@ def create_demo(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000
                 "actor": {"sub": f"demo-{org_id}-1", "role": role},
             }
             for org_id, org_type, _, role in ORGANISATIONS
+        ]
+        + [
+            {
+                "client_id": DPO_PARTNER,
+                "organisation": DPO_ORGANISATION,
+                "org_type": "social_work",
+                "key_file": f"partners/{DPO_PARTNER}.jwk",
+                "alg": "Ed25519",
+                "scopes": list(DPO_SCOPES),
+                "roles": [DPO_ROLE],
+                "actor": {"sub": "demo-dpo-1", "role": DPO_ROLE},
+            }
         ],
         "persons": [{"person_id": ids[p.key], "hetu": p.hetu, "name": p.name, "login": p.login} for p in PERSONS],
     }

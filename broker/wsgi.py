@@ -26,8 +26,21 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
         from broker.app import create_app
 
         app = create_app(self._settings)
+        start_sequencer(app)
         _freeze_startup_objects()
         return app
+
+
+def start_sequencer(app: Flask) -> None:
+    """Every served process runs the audit sequencer's thread; one of them is elected to do the work
+    (broker/services/sequencer.py). `BROKER_AUDIT_SEQUENCER=off` leaves it to another process."""
+    from broker.services.sequencer import SequencerThread
+
+    broker = app.extensions["broker"]
+    if broker.settings.audit_sequencer:
+        thread = SequencerThread(broker)
+        thread.start()
+        app.extensions["sequencer"] = thread
 
 
 def _freeze_startup_objects() -> None:
@@ -59,5 +72,6 @@ def app() -> Flask:
     from broker.app import create_app
 
     application = create_app(Settings.from_env())
+    start_sequencer(application)
     _freeze_startup_objects()
     return application

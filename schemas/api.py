@@ -183,7 +183,9 @@ class DisclosureSchema(StrictSchema):
     basis = fields.Nested(BasisSchema, allow_none=True)
     obligations = fields.List(fields.String())
     policy_version = fields.String()
-    audit_index = fields.Integer()
+    # The append id of the audit entry recording this disclosure; its tree index and inclusion proof follow once
+    # the sequencer has integrated it (GET /api/v1/audit/entries?entry_id=…).
+    audit_entry_id = fields.Integer()
     records = fields.List(fields.Nested(DisclosedRecordSchema))
 
 
@@ -235,6 +237,70 @@ class NoticeSchema(StrictSchema):
 class InboxQuerySchema(StrictSchema):
     include_acknowledged = fields.Boolean(load_default=False)
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
+
+
+# -- the audit log (scope audit:read) -----------------------------------------------------------------------------
+
+
+class CheckpointSchema(StrictSchema):
+    origin = fields.String()
+    tree_size = fields.Integer()
+    root_hash = fields.String(metadata={"description": "standard base64 of the RFC 9162 root hash"})
+    note = fields.String(metadata={"description": "the C2SP signed-note holding the C2SP tlog-checkpoint"})
+    signed_at = fields.DateTime()
+    exported_at = fields.DateTime(allow_none=True)
+    verifier_keys = fields.List(fields.String(), metadata={"description": "note verifier keys, oldest first"})
+
+
+class InclusionQuerySchema(StrictSchema):
+    index = fields.Integer(required=True, validate=validate.Range(min=0))
+    tree_size = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class InclusionProofSchema(StrictSchema):
+    index = fields.Integer()
+    tree_size = fields.Integer()
+    leaf_hash = fields.String()
+    inclusion_path = fields.List(fields.String(), metadata={"description": "RFC 9162 §2.1.3.1, base64"})
+
+
+class ConsistencyQuerySchema(StrictSchema):
+    first = fields.Integer(required=True, validate=validate.Range(min=1))
+    second = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class ConsistencyProofSchema(StrictSchema):
+    first = fields.Integer()
+    second = fields.Integer()
+    consistency_path = fields.List(fields.String(), metadata={"description": "RFC 9162 §2.1.4.1, base64"})
+
+
+class EntryQuerySchema(StrictSchema):
+    person_id = fields.String(validate=ID)
+    organisation = fields.String(validate=ID)
+    event = fields.String(validate=validate.Length(min=1, max=40))
+    category = fields.String(validate=NAME)
+    purpose = fields.String(validate=NAME)
+    effect = fields.String(validate=validate.OneOf(["permit", "deny"]))
+    basis_kind = fields.String(validate=validate.Length(min=1, max=20))
+    since = fields.AwareDateTime()
+    until = fields.AwareDateTime()
+    entry_id = fields.Integer(validate=validate.Range(min=1))
+    cursor = fields.String(validate=validate.Regexp(r"^[0-9]{1,19}$", error="not a cursor from a previous page"))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
+
+
+class AuditEntrySchema(StrictSchema):
+    entry_id = fields.Integer()
+    index = fields.Integer(allow_none=True, metadata={"description": "tree index; null until sequenced"})
+    leaf_hash = fields.String(allow_none=True)
+    canonical = fields.String(metadata={"description": "the RFC 8785 bytes the leaf hashes"})
+    entry = fields.Dict()
+
+
+class AuditEntryPageSchema(StrictSchema):
+    entries = fields.List(fields.Nested(AuditEntrySchema))
+    next_cursor = fields.String(allow_none=True)
 
 
 class ProblemSchema(Schema):

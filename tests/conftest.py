@@ -84,7 +84,12 @@ def clock() -> FixedClock:
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return Settings(
-        instance_path=tmp_path / "instance", database_url=database_url, issuer="http://broker.test", mode="test"
+        instance_path=tmp_path / "instance",
+        database_url=database_url,
+        issuer="http://broker.test",
+        mode="test",
+        # The fail-closed anchoring gate needs a running sequencer; tests of the gate turn it on.
+        audit_anchor_window=None,
     )
 
 

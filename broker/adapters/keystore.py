@@ -2,7 +2,9 @@
 
 - key-encryption keys `kek-NNNNNN-xxxxxxxx.jwk` (oct, "A256KW": AES-256 key wrap, RFC 7518 §4.4);
 - the look-up index key `hetu-index.jwk` (oct, "HS256": HMAC-SHA256 for the identity-code index, invariant 6);
-- Ed25519 signing keys `sig-NNNNNN-xxxxxxxx.jwk` (OKP, "Ed25519", RFC 8037 / RFC 9864).
+- Ed25519 signing keys `sig-NNNNNN-xxxxxxxx.jwk` (OKP, "Ed25519", RFC 8037 / RFC 9864) for JWS;
+- Ed25519 log keys `log-NNNNNN-xxxxxxxx.jwk`, which sign only the audit log's checkpoints (C2SP signed-note). A
+  key signs one kind of message: a checkpoint signature can never be replayed as a receipt's, or the reverse.
 
 Key ids are `<kind>-<sequence>-<random>`: they sort by creation, and the random part keeps two processes that
 rotate at the same moment from choosing the same name. The newest key is the current one; older keys stay
@@ -39,7 +41,7 @@ __all__ = [
 
 KEY_BYTES = 32  # AES-256 and HMAC-SHA256 keys
 INDEX_KID = "hetu-index"
-_KID = re.compile(r"^(kek|sig)-(\d{6})-[0-9a-f]{8}$")
+_KID = re.compile(r"^(kek|sig|log)-(\d{6})-[0-9a-f]{8}$")
 _INDEX_FILE = f"{INDEX_KID}.jwk"
 _POSIX = os.name == "posix"
 # A change made within this long of the last one may share its mtime on a coarse-grained file system, so
@@ -83,6 +85,7 @@ class KeyStore:
         self._lock = threading.RLock()
         self._keks: dict[str, bytes] = {}
         self._signing: dict[str, OKPKey] = {}
+        self._log: dict[str, OKPKey] = {}
         self._index_key: bytes | None = None
         self._seen_mtime_ns: int | None = None
 
@@ -108,6 +111,8 @@ class KeyStore:
                 store.refresh()  # whoever won a race to create it, every process now uses the same key
             if not store._signing:
                 store.add_signing_key()
+            if not store._log:
+                store.add_log_key()
         if not store._keks or store._index_key is None or not store._signing:
             raise KeyStoreError(f"key store {folder} is not initialised (run with create=True)")
         return store
@@ -182,6 +187,31 @@ class KeyStore:
         keys = reversed(self.signing_keys())
         return {"keys": [dict(key.as_dict(private=False)) for key in keys]}
 
+    # -- checkpoint (log) keys -----------------------------------------------------------------------------
+
+    def add_log_key(self) -> str:
+        """Create a new Ed25519 key for signing checkpoints; it becomes the current one. Returns its kid."""
+        with self._lock:
+            kid = self._new_kid("log")
+            key = OKPKey.generate_key("Ed25519", parameters={"kid": kid, "use": "sig", "alg": "Ed25519"})
+            self._write_new(f"{kid}.jwk", dict(key.as_dict(private=True)))
+            self.refresh()
+            return kid
+
+    def current_log_key(self) -> OKPKey:
+        """The newest checkpoint signing key; KeyNotFoundError if the store has none (`broker keys init`)."""
+        self._refresh_if_changed()
+        log = self._log
+        if not log:
+            raise KeyNotFoundError("no checkpoint signing key: run `broker keys init`")
+        return log[max(log)]
+
+    def log_keys(self) -> list[OKPKey]:
+        """Every checkpoint signing key, oldest first: retired ones still verify old checkpoints."""
+        self._refresh_if_changed()
+        log = self._log
+        return [log[kid] for kid in sorted(log)]
+
     # -- files ----------------------------------------------------------------------------------------------
 
     def refresh(self) -> None:
@@ -190,7 +220,7 @@ class KeyStore:
             # Taken before listing, so that a change made while we list is seen next time.
             mtime = os.stat(self._path).st_mtime_ns
             # Copy on write: readers iterate the old dicts without the lock while the new ones are filled.
-            keks, signing = dict(self._keks), dict(self._signing)
+            keks, signing, log = dict(self._keks), dict(self._signing), dict(self._log)
             for name in os.listdir(self._path):
                 if name == _INDEX_FILE and self._index_key is None:
                     self._index_key = _oct_key(self._read(name), INDEX_KID)
@@ -200,7 +230,9 @@ class KeyStore:
                         keks[kid] = _oct_key(self._read(name), kid)
                     elif match.group(1) == "sig" and kid not in signing:
                         signing[kid] = _signing_key(self._read(name), kid)
-            self._keks, self._signing, self._seen_mtime_ns = keks, signing, mtime
+                    elif match.group(1) == "log" and kid not in log:
+                        log[kid] = _signing_key(self._read(name), kid)
+            self._keks, self._signing, self._log, self._seen_mtime_ns = keks, signing, log, mtime
 
     def _refresh_if_changed(self) -> None:
         # One stat per call: cheap next to reading the files, and it lets every worker start using a key made
@@ -247,7 +279,7 @@ class KeyStore:
 
     def _new_kid(self, kind: str) -> str:
         self.refresh()
-        existing = self._keks if kind == "kek" else self._signing
+        existing = {"kek": self._keks, "sig": self._signing, "log": self._log}[kind]
         sequence = max((int(kid.split("-")[1]) for kid in existing), default=0) + 1
         return f"{kind}-{sequence:06d}-{secrets.token_hex(4)}"
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -219,7 +220,9 @@ class DisclosureRow(Base):
     fields: Mapped[list[str]]
     payload_sha256: Mapped[str | None] = mapped_column(String(64))
     policy_version: Mapped[str] = mapped_column(String(64))
-    audit_index: Mapped[int] = mapped_column(BigInteger)
+    # The append id of the audit entry that records this decision (AuditEntryRow.id); its tree index follows
+    # once the sequencer has integrated it.
+    audit_entry_id: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     # The person's log in the portal reads one person's disclosures newest first, a page at a time; the index
     # serves that and every other look-up by person.
@@ -245,38 +248,111 @@ class NoticeRow(Base):
 
 
 class AuditEntryRow(Base):
-    """One log entry: its canonical bytes (RFC 8785) and leaf hash (RFC 9162 §2.1.1). Indices are gap-free."""
+    """One log entry. Appended inside the transaction of the event it records, with an append id but no tree
+    position (`idx` None, `entry` the canonical bytes without the index member, `split` where it goes:
+    audit.encode_pending); the sequencer then gives it the next gap-free index, its final canonical bytes
+    (RFC 8785) and leaf hash (RFC 9162 §2.1.1). The plain columns beside the bytes serve the DPO's searches."""
 
     __tablename__ = "audit_entries"
-    idx: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
-    )
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    idx: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     entry: Mapped[bytes]
-    leaf_hash: Mapped[bytes]
-    logged_at: Mapped[datetime]
+    split: Mapped[int | None] = mapped_column(Integer)
+    leaf_hash: Mapped[bytes | None]
+    logged_at: Mapped[datetime] = mapped_column(index=True)
     event: Mapped[str] = mapped_column(String(40))
     person_id: Mapped[str | None] = mapped_column(ID, index=True)
     organisation: Mapped[str | None] = mapped_column(ID)
+    category: Mapped[str | None] = mapped_column(String(40))
+    purpose: Mapped[str | None] = mapped_column(String(40))
+    effect: Mapped[str | None] = mapped_column(String(8))
+    basis_kind: Mapped[str | None] = mapped_column(String(20))
     actor: Mapped[AuditActorRow | None] = relationship(lazy="raise")
+    __table_args__ = (
+        # The sequencer's work queue: the entries still without a tree position, in append order.
+        Index(
+            "ix_audit_entries_pending",
+            "id",
+            sqlite_where=text("idx IS NULL"),
+            postgresql_where=text("idx IS NULL"),
+        ),
+        Index("ix_audit_entries_organisation_logged", "organisation", "logged_at"),
+    )
 
 
 class AuditActorRow(Base):
     """The opening of an entry's actor commitment: kept beside the log for the DPO, never in the leaf."""
 
     __tablename__ = "audit_actors"
-    idx: Mapped[int] = mapped_column(ForeignKey("audit_entries.idx"), primary_key=True)
-    actor_id: Mapped[str] = mapped_column(String(120))
+    entry_id: Mapped[int] = mapped_column(ForeignKey("audit_entries.id"), primary_key=True)
+    actor_id: Mapped[str] = mapped_column(String(120), index=True)
     salt: Mapped[str] = mapped_column(String(64))
 
 
+class AuditNodeRow(Base):
+    """The hash of a perfect subtree of the log (RFC 9162 §2.1.1) at `level` ≥ 1, covering leaves
+    [idx·2^level, (idx+1)·2^level); level 0 is the entries' leaf hashes. Written once by the sequencer, so that
+    an inclusion or consistency proof is O(log n) reads (RFC 9162 §2.1.3, §2.1.4)."""
+
+    __tablename__ = "audit_nodes"
+    level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    hash: Mapped[bytes]
+
+
 class AuditHeadRow(Base):
-    """The log's running head: size and the Merkle frontier, so that each append is O(log n)."""
+    """The tree as the sequencer left it: size and Merkle frontier, and the newest checkpoint known to have
+    reached the sink outside the database. Only the sequencer writes it."""
 
     __tablename__ = "audit_head"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     frontier: Mapped[bytes]
     root: Mapped[bytes]
+    exported_size: Mapped[int | None] = mapped_column(BigInteger)
+    exported_at: Mapped[datetime | None]
+
+
+class AuditCheckpointRow(Base):
+    """A signed checkpoint (C2SP tlog-checkpoint in a C2SP signed-note) and when it reached the sink."""
+
+    __tablename__ = "audit_checkpoints"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    size: Mapped[int] = mapped_column(BigInteger, index=True)
+    root: Mapped[bytes]
+    note: Mapped[str] = mapped_column(Text)
+    signed_at: Mapped[datetime]
+    exported_at: Mapped[datetime | None]
+
+
+class AuditVerificationRow(Base):
+    """The result of each full verification of the log (`broker audit verify`, the DPO's integrity page)."""
+
+    __tablename__ = "audit_verifications"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    ok: Mapped[bool] = mapped_column(Boolean)
+    size: Mapped[int] = mapped_column(BigInteger)
+    exported_size: Mapped[int | None] = mapped_column(BigInteger)
+    failure_index: Mapped[int | None] = mapped_column(BigInteger)
+    failure_kind: Mapped[str | None] = mapped_column(String(40))
+    message: Mapped[str | None] = mapped_column(Text)
+
+
+class DpoReviewRow(Base):
+    """The DPO's review of one anomaly-queue item: which rule flagged which entry, the note, who and when. The
+    review is itself logged (event dpo:review)."""
+
+    __tablename__ = "dpo_reviews"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("audit_entries.id"))
+    rule: Mapped[str] = mapped_column(String(40))
+    reviewer: Mapped[str] = mapped_column(String(120))
+    note: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(20))  # justified | follow_up | reported
+    reviewed_at: Mapped[datetime]
+    __table_args__ = (Index("ix_dpo_reviews_entry_rule", "entry_id", "rule", unique=True),)
 
 
 class AssertionJtiRow(Base):

@@ -41,3 +41,7 @@ SCOPES: dict[str, str] = {
     "audit:read": "read the audit log (data-protection officer systems only)",
 }
 PARTNER_SCOPES = tuple(s for s in SCOPES if s != "audit:read")
+# A data-protection officer's system holds `audit:read` and nothing else, and acts for the DPO: its assertions
+# name this role, which belongs to no organisation type of the policy (a DPO sees the log, not records).
+DPO_SCOPES = ("audit:read",)
+DPO_ROLE = "data_protection_officer"

@@ -78,7 +78,10 @@ def register_error_handlers(app: Flask) -> None:
     def _broker_error(error: BrokerError) -> Response:
         extra = dict(error.extra)
         code = extra.pop("code", error.code)
-        return problem(error.status, code, error.title, error.detail, field=error.field, **extra)
+        response = problem(error.status, code, error.title, error.detail, field=error.field, **extra)
+        if error.status == 503:  # RFC 9110 §10.2.3: when to try again
+            response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:

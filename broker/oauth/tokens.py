@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from broker.adapters.orm import AccessTokenRow, AssertionJtiRow, OrganisationRow, PartnerRow
 from broker.adapters.uow import UnitOfWork
-from broker.domain.model import SCOPES, Caller
+from broker.domain.model import DPO_ROLE, DPO_SCOPES, SCOPES, Caller
 from broker.oauth.assertion import ASSERTION_TYPE, VerifiedAssertion, read_assertion, verify_assertion
 from broker.oauth.errors import (
     InvalidClientError,
@@ -130,7 +130,7 @@ def authenticate_client(
         max_lifetime=settings.assertion_max_lifetime,
         skew=settings.assertion_iat_skew,
     )
-    roles = broker.policy.roles_for(org_type)
+    roles = {DPO_ROLE} if tuple(partner.scopes) == DPO_SCOPES else broker.policy.roles_for(org_type)
     if verified.actor_role not in roles:
         raise InvalidRequestError(
             f"Role {verified.actor_role!r} in 'act.role' is not a role of organisation type {org_type!r}; "

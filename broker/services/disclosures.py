@@ -27,6 +27,7 @@ from broker.domain.errors import (
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry, payload_digest
+from broker.services.sequencer import require_anchored
 from broker.services.consents import consent_facts
 from broker.services.persons import (
     active_relationship_orgs,
@@ -121,6 +122,7 @@ def decision_view(decision: Decision) -> dict[str, Any]:
 def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[str, Any]:
     _validate(broker, ask)
     with broker.uow() as uow:
+        require_anchored(broker, uow)
         now = broker.clock.now()
         facts = load_facts(uow, ask.person_id, now)
         records = _RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": ask.person_id, "category": ask.category})
@@ -217,7 +219,7 @@ def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> di
         "basis": basis,
         "obligations": list(primary.obligations),
         "policy_version": primary.policy_version,
-        "audit_index": index,
+        "audit_entry_id": index,
         "records": disclosed,
     }
 
@@ -252,7 +254,7 @@ def _store(
             "fields": fields,
             "payload_sha256": payload_sha256,
             "policy_version": policy_version,
-            "audit_index": index,
+            "audit_entry_id": index,
             "created_at": now,
         },
     )

@@ -30,6 +30,7 @@ from broker.domain.errors import (
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry, payload_digest
+from broker.services.sequencer import require_anchored
 from broker.services.disclosures import decision_view, load_facts
 from broker.services.persons import organisation_type
 from policies import Decision, DecisionRequest, decide
@@ -77,6 +78,7 @@ def send_notice(
             extra={"errors": {"content": error.messages}},
         ) from None
     with broker.uow() as uow:
+        require_anchored(broker, uow)  # a notice discloses content to another organisation too
         now = broker.clock.now()
         recipient_type = organisation_type(broker, uow, recipient)
         if recipient_type is None:
@@ -252,7 +254,7 @@ def _disclosure(
             fields=fields,
             payload_sha256=payload_sha256,
             policy_version=policy_version,
-            audit_index=index,
+            audit_entry_id=index,
             created_at=now,
         )
     )

@@ -42,7 +42,7 @@ def ask(env: Env, org: str, person_id: str, category: str, purpose: str, path: s
 
 def audit_events(env: Env) -> list[str]:
     with env.broker.uow(write=False) as uow:
-        return list(uow.session.scalars(select(AuditEntryRow.event).order_by(AuditEntryRow.idx)))
+        return list(uow.session.scalars(select(AuditEntryRow.event).order_by(AuditEntryRow.id)))
 
 
 def test_deposited_content_is_validated_by_its_category_schema(env: Env) -> None:

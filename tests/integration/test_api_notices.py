@@ -52,7 +52,7 @@ def inbox(env: Env, org: str, query: str = "") -> list[dict[str, Any]]:
 
 def last_audit_entry(env: Env) -> dict[str, Any]:
     with env.broker.uow(write=False) as uow:
-        entry = uow.session.scalars(select(AuditEntryRow.entry).order_by(AuditEntryRow.idx.desc())).first()
+        entry = uow.session.scalars(select(AuditEntryRow.entry).order_by(AuditEntryRow.id.desc())).first()
     assert entry is not None
     decoded: dict[str, Any] = json.loads(entry)
     return decoded

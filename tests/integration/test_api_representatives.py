@@ -54,7 +54,7 @@ def test_a_custodian_is_registered_for_a_minor_and_found_at_login(env: Env) -> N
     assert portal.person_for_login(env.broker, code) == body["representative_id"]
     assert [r["person_id"] for r in portal.representations_of(env.broker, body["representative_id"])] == [child]
     with env.broker.uow(write=False) as uow:
-        entries = [json.loads(e) for e in uow.session.scalars(select(AuditEntryRow.entry).order_by(AuditEntryRow.idx))]
+        entries = [json.loads(e) for e in uow.session.scalars(select(AuditEntryRow.entry).order_by(AuditEntryRow.id))]
     [registered] = [e for e in entries if e["event"] == "representation:register"]
     assert registered["person_id"] == child and registered["organisation"] == "varha-social-work"
     assert registered["detail"]["representative_id"] == body["representative_id"]

@@ -98,9 +98,9 @@ def audit_entries(env: Env, event: str) -> list[tuple[dict[str, Any], str | None
     with env.broker.uow(write=False) as uow:
         rows = uow.session.execute(
             select(AuditEntryRow.entry, AuditActorRow.actor_id)
-            .outerjoin(AuditActorRow, AuditActorRow.idx == AuditEntryRow.idx)
+            .outerjoin(AuditActorRow, AuditActorRow.entry_id == AuditEntryRow.id)
             .where(AuditEntryRow.event == event)
-            .order_by(AuditEntryRow.idx)
+            .order_by(AuditEntryRow.id)
         ).all()
     return [(json.loads(entry), actor) for entry, actor in rows]
 

@@ -1,6 +1,8 @@
 """Withdrawal is immediate (DESIGN.md invariant 3): a withdrawal racing concurrent disclosures.
 
-The audit head is appended under a lock held to commit, so audit indices give the commit order. After the
+Each transaction appends its audit entry after taking the row locks its decision depends on, so the entries'
+append ids follow the order in which the decisions were made: a disclosure that read the consent before the
+withdrawal holds its share lock until it commits, and the withdrawal appends only once it has the row. After the
 withdrawal's entry, no disclosure may be permitted under that consent.
 """
 
@@ -50,7 +52,7 @@ def test_no_disclosure_under_a_consent_commits_after_its_withdrawal(env: Env) ->
         def disclose() -> int | None:
             start.wait()
             try:
-                return int(disclosures.request_disclosure(broker, health, ask)["audit_index"])
+                return int(disclosures.request_disclosure(broker, health, ask)["audit_entry_id"])
             except NoLegalBasisError:
                 return None
 
@@ -66,16 +68,18 @@ def test_no_disclosure_under_a_consent_commits_after_its_withdrawal(env: Env) ->
 
         with broker.uow(write=False) as uow:
             entries = [
-                json.loads(e)
-                for e in uow.session.scalars(
-                    select(AuditEntryRow.entry).where(AuditEntryRow.person_id == person_id).order_by(AuditEntryRow.idx)
+                (entry_id, json.loads(e))
+                for entry_id, e in uow.session.execute(
+                    select(AuditEntryRow.id, AuditEntryRow.entry)
+                    .where(AuditEntryRow.person_id == person_id)
+                    .order_by(AuditEntryRow.id)
                 )
             ]
-        withdraw_index = next(e["index"] for e in entries if e["event"] == "consent:withdraw")
-        late = [i for i in permitted if i is not None and i > withdraw_index]
-        assert late == [], f"trial {trial}: disclosures {late} committed after the withdrawal {withdraw_index}"
+        withdrawn_at = next(i for i, e in entries if e["event"] == "consent:withdraw")
+        late = [i for i in permitted if i is not None and i > withdrawn_at]
+        assert late == [], f"trial {trial}: disclosures {late} decided after the withdrawal {withdrawn_at}"
         # Every disclosure after the withdrawal was refused and logged as a refusal.
-        after = [e["event"] for e in entries if e["index"] > withdraw_index]
+        after = [e["event"] for i, e in entries if i > withdrawn_at]
         assert set(after) <= {"disclosure:deny"}
 
 

@@ -1,0 +1,239 @@
+"""Reading the audit log: the newest checkpoint, inclusion and consistency proofs (RFC 9162 §2.1.3, §2.1.4),
+and searching entries. For the DPO's systems (scope `audit:read`), the DPO workspace and the person's own proof.
+
+Hashes travel as standard base64, as in checkpoints (C2SP tlog-checkpoint). Proofs are built from the stored
+subtree hashes in O(log n) reads and are meant to be checked by the reader against a signed checkpoint, not
+trusted: `python -m audit verify-entry` and the portal's in-browser check do that.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+
+from audit.proofs import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
+from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow
+from broker.adapters.uow import UnitOfWork
+from broker.domain.clock import utc
+from broker.domain.errors import InvalidRequestError, NotFoundError
+from broker.domain.model import Caller
+from broker.services import Broker
+from broker.services.audit_log import append_entry
+from broker.services.sequencer import load_nodes, origin_of, read_head, verifier_keys
+
+MAX_PAGE = 500
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _checkpoint_view(row: Any) -> dict[str, Any]:
+    return {"tree_size": row.size, "root_hash": b64(bytes(row.root)), "note": row.note, "signed_at": utc(row.signed_at)}
+
+
+def latest_checkpoint(broker: Broker) -> dict[str, Any]:
+    with broker.uow(write=False) as uow:
+        row = uow.session.execute(select(AuditCheckpointRow).order_by(AuditCheckpointRow.id.desc()).limit(1)).scalar()
+        head = read_head(uow)
+    if row is None:
+        raise NotFoundError("no checkpoint has been signed yet")
+    view = _checkpoint_view(row)
+    view["origin"] = origin_of(broker)
+    view["verifier_keys"] = verifier_keys(broker)
+    view["exported_at"] = utc(head.exported_at) if head is not None and head.exported_at is not None else None
+    return view
+
+
+def checkpoint_for_size(uow: UnitOfWork, size: int) -> dict[str, Any] | None:
+    row = uow.session.execute(
+        select(AuditCheckpointRow)
+        .where(AuditCheckpointRow.size == size)
+        .order_by(AuditCheckpointRow.id.desc())
+        .limit(1)
+    ).scalar()
+    return _checkpoint_view(row) if row is not None else None
+
+
+def _tree_size(uow: UnitOfWork) -> int:
+    head = read_head(uow)
+    return head.size if head is not None else 0
+
+
+def inclusion(broker: Broker, index: int, tree_size: int) -> dict[str, Any]:
+    with broker.uow(write=False) as uow:
+        size = _tree_size(uow)
+        if tree_size < 1 or tree_size > size:
+            raise InvalidRequestError(f"tree_size must be between 1 and {size}, the log's size", field="tree_size")
+        if index < 0 or index >= tree_size:
+            raise InvalidRequestError(f"index must be between 0 and tree_size - 1 ({tree_size - 1})", field="index")
+        nodes = load_nodes(uow, inclusion_nodes(index, tree_size))
+        proof = inclusion_proof(index, tree_size, nodes)
+        leaf = uow.session.scalar(select(AuditEntryRow.leaf_hash).where(AuditEntryRow.idx == index))
+    return {
+        "index": index,
+        "tree_size": tree_size,
+        "leaf_hash": b64(bytes(leaf)),
+        "inclusion_path": [b64(h) for h in proof],
+    }
+
+
+def consistency(broker: Broker, first: int, second: int) -> dict[str, Any]:
+    with broker.uow(write=False) as uow:
+        size = _tree_size(uow)
+        if second < 1 or second > size:
+            raise InvalidRequestError(f"second must be between 1 and {size}, the log's size", field="second")
+        if first < 1 or first > second:
+            raise InvalidRequestError("first must be between 1 and second", field="first")
+        proof = consistency_proof(first, second, load_nodes(uow, consistency_nodes(first, second)))
+    return {"first": first, "second": second, "consistency_path": [b64(h) for h in proof]}
+
+
+# -- entries --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntryQuery:
+    person_id: str | None = None
+    organisation: str | None = None
+    event: str | None = None
+    category: str | None = None
+    purpose: str | None = None
+    effect: str | None = None
+    basis_kind: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    entry_id: int | None = None
+    actor_id: str | None = None
+    after: int | None = None  # cursor: the last entry id of the previous page
+    limit: int = 100
+
+
+def entry_view(row: Any) -> dict[str, Any]:
+    data = bytes(row.entry)
+    return {
+        "entry_id": row.id,
+        "index": row.idx,
+        "leaf_hash": b64(bytes(row.leaf_hash)) if row.leaf_hash is not None else None,
+        # The canonical bytes themselves, as a string: what the leaf hashes (before sequencing, without "index").
+        "canonical": data.decode("utf-8"),
+        "entry": json.loads(data),
+    }
+
+
+def filtered(query: EntryQuery) -> Select[Any]:
+    from broker.adapters.orm import AuditActorRow
+
+    stmt = select(AuditEntryRow)
+    columns = {
+        "person_id": AuditEntryRow.person_id,
+        "organisation": AuditEntryRow.organisation,
+        "event": AuditEntryRow.event,
+        "category": AuditEntryRow.category,
+        "purpose": AuditEntryRow.purpose,
+        "effect": AuditEntryRow.effect,
+        "basis_kind": AuditEntryRow.basis_kind,
+        "entry_id": AuditEntryRow.id,
+    }
+    for name, column in columns.items():
+        value = getattr(query, name)
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if query.since is not None:
+        stmt = stmt.where(AuditEntryRow.logged_at >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(AuditEntryRow.logged_at < query.until)
+    if query.actor_id is not None:
+        stmt = stmt.join(AuditActorRow, AuditActorRow.entry_id == AuditEntryRow.id).where(
+            AuditActorRow.actor_id == query.actor_id
+        )
+    return stmt
+
+
+def search_entries(broker: Broker, caller: Caller | None, query: EntryQuery) -> dict[str, Any]:
+    """A page of entries, oldest first, and the cursor for the next page (None at the end). The search itself
+    is logged: reading the log is processing the personal data in it."""
+    if not 1 <= query.limit <= MAX_PAGE:
+        raise InvalidRequestError(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+    stmt = filtered(query).order_by(AuditEntryRow.id).limit(query.limit + 1)
+    if query.after is not None:
+        stmt = stmt.where(AuditEntryRow.id > query.after)
+    with broker.uow() as uow:
+        rows = list(uow.session.scalars(stmt))
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        if caller is not None:
+            append_entry(
+                uow,
+                event="audit:query",
+                now=broker.clock.now(),
+                caller=caller,
+                person_id=query.person_id,
+                detail={"filters": _filters(query), "returned": len(rows)},
+            )
+            uow.commit()
+    return {"entries": [entry_view(r) for r in rows], "next_cursor": str(rows[-1].id) if more and rows else None}
+
+
+def entry_at(broker: Broker, caller: Caller | None, index: int) -> dict[str, Any]:
+    with broker.uow() as uow:
+        row = uow.session.scalars(select(AuditEntryRow).where(AuditEntryRow.idx == index)).first()
+        if row is None:
+            raise NotFoundError(f"no entry at index {index}")
+        if caller is not None:
+            append_entry(
+                uow,
+                event="audit:query",
+                now=broker.clock.now(),
+                caller=caller,
+                person_id=row.person_id,
+                detail={"filters": {"index": index}, "returned": 1},
+            )
+            uow.commit()
+        return entry_view(row)
+
+
+def _filters(query: EntryQuery) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in ("person_id", "organisation", "event", "category", "purpose", "effect", "basis_kind", "entry_id"):
+        value = getattr(query, name)
+        if value is not None:
+            out[name] = value
+    if query.actor_id is not None:
+        out["actor"] = True  # which professional was searched for stays out of the leaf, like every actor id
+    for name in ("since", "until"):
+        value = getattr(query, name)
+        if value is not None:
+            out[name] = utc(value).isoformat()
+    return out
+
+
+def proof_bundle(broker: Broker, entry_id: int) -> dict[str, Any] | None:
+    """Everything needed to check one entry offline: its canonical bytes, index, the newest checkpoint, and the
+    inclusion proof against that checkpoint's tree (`python -m audit verify-entry`, the portal's check). None
+    while the entry awaits its position."""
+    with broker.uow(write=False) as uow:
+        row = uow.session.get(AuditEntryRow, entry_id)
+        if row is None:
+            raise NotFoundError("no such audit entry")
+        if row.idx is None:
+            return None
+        checkpoint = uow.session.execute(
+            select(AuditCheckpointRow).order_by(AuditCheckpointRow.id.desc()).limit(1)
+        ).scalar()
+        if checkpoint is None or checkpoint.size <= row.idx:
+            return None
+        proof = inclusion_proof(row.idx, checkpoint.size, load_nodes(uow, inclusion_nodes(row.idx, checkpoint.size)))
+        return {
+            "entry": bytes(row.entry).decode("utf-8"),
+            "index": row.idx,
+            "tree_size": checkpoint.size,
+            "inclusion_proof": [b64(h) for h in proof],
+            "checkpoint": checkpoint.note,
+            "verifier_keys": verifier_keys(broker),
+        }

@@ -1,0 +1,302 @@
+"""The sequencer (issue #5 items 1–2): entries appended inside their transactions get gap-free tree positions,
+stored subtree hashes, signed checkpoints exported outside the database; disclosures stop (503) when no
+checkpoint has reached the sink within the anchoring window, while withdrawal keeps working; a database that no
+longer extends the exported checkpoint stops the sequencer."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, func, select, update
+
+from audit import encode_entry, leaf_hash
+from audit.note import open_note, parse_checkpoint, parse_verifier_key
+from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow, AuditHeadRow, AuditNodeRow
+from broker.services.audit_check import verify_broker_log
+from broker.services.sequencer import Sequencer, SequencerHalted, verifiers
+from tests.oracle.rfc9162 import mth
+from tests.support import Env
+
+
+def _entries(env: Env) -> list[AuditEntryRow]:
+    with env.broker.uow(write=False) as uow:
+        return list(uow.session.scalars(select(AuditEntryRow).order_by(AuditEntryRow.id)))
+
+
+def _activity(env: Env, people: int = 3) -> None:
+    for _ in range(people):
+        person = env.person()
+        env.serve(person, "kisalli")
+
+
+def test_appended_entries_wait_without_a_position_until_sequenced(env: Env) -> None:
+    _activity(env)
+    pending = _entries(env)
+    assert pending and all(row.idx is None and row.leaf_hash is None for row in pending)
+    assert all("index" not in json.loads(row.entry) for row in pending)
+
+    result = Sequencer(env.broker).run_once()
+
+    assert result.integrated == len(pending) and result.size == len(pending) and result.exported
+    rows = _entries(env)
+    assert [row.idx for row in rows] == list(range(len(rows)))  # gap-free, in append order
+    for row in rows:
+        entry = json.loads(row.entry)
+        assert entry["index"] == row.idx
+        assert encode_entry(**_arguments(entry)) == row.entry  # exactly the canonical entry bytes
+        assert row.leaf_hash == leaf_hash(row.entry)
+
+
+def _arguments(entry: dict) -> dict:
+    names = [
+        "request_id",
+        "partner",
+        "organisation",
+        "actor_role",
+        "actor_commitment",
+        "person_id",
+        "category",
+        "purpose",
+        "effect",
+        "basis",
+        "policy_version",
+        "payload_sha256",
+        "detail",
+    ]
+    from datetime import datetime
+
+    return {
+        "index": entry["index"],
+        "logged_at": datetime.fromisoformat(entry["logged_at"].replace("Z", "+00:00")),
+        "event": entry["event"],
+        **{name: entry.get(name) for name in names},
+        "record_ids": entry.get("record_ids", []),
+        "fields": entry.get("fields", []),
+    }
+
+
+def test_each_batch_signs_a_checkpoint_of_its_tree(env: Env) -> None:
+    _activity(env, people=4)
+    broker = dataclasses.replace(env.broker, settings=dataclasses.replace(env.broker.settings, audit_batch_size=3))
+    sequencer = Sequencer(broker)
+    result = sequencer.run_once()
+    rows = _entries(env)
+    with env.broker.uow(write=False) as uow:
+        checkpoints = list(uow.session.scalars(select(AuditCheckpointRow).order_by(AuditCheckpointRow.id)))
+        stored_nodes = uow.session.scalar(select(func.count()).select_from(AuditNodeRow))
+    sizes = [c.size for c in checkpoints]
+    assert sizes == [*range(3, len(rows), 3), len(rows)] if len(rows) % 3 else list(range(3, len(rows) + 1, 3))
+    assert result.size == len(rows)
+    leaves = [row.leaf_hash for row in rows]
+    for checkpoint in checkpoints:
+        text, names = open_note(checkpoint.note, verifiers(env.broker))
+        parsed = parse_checkpoint(text)
+        assert parsed.size == checkpoint.size and names
+        assert parsed.root == mth(leaves[: checkpoint.size]) == checkpoint.root
+    # One stored node per perfect subtree above the leaves: n minus the number of perfect subtrees in n.
+    assert stored_nodes == len(rows) - len(rows).bit_count()
+
+
+def test_the_newest_checkpoint_reaches_the_sink(env: Env) -> None:
+    _activity(env)
+    Sequencer(env.broker).run_once()
+    sink = env.broker.settings.instance_path / "checkpoints"
+    latest = (sink / "latest.note").read_text()
+    size = parse_checkpoint(open_note(latest, verifiers(env.broker))[0]).size
+    assert (sink / f"{size:020d}.note").read_text() == latest
+    with env.broker.uow(write=False) as uow:
+        head = uow.session.get(AuditHeadRow, 1)
+    assert head is not None and head.exported_size == size == head.size
+
+
+def _with_gate(env: Env, window: int = 300) -> None:
+    env.broker.settings = dataclasses.replace(env.broker.settings, audit_anchor_window=window)
+
+
+def _disclose(env: Env, person: str):  # type: ignore[no-untyped-def]
+    return env.post(
+        "varha-social-work",
+        "/disclosures",
+        {"person_id": person, "category": "work_assessment", "purpose": "social_work_assessment"},
+    )
+
+
+def test_disclosures_stop_when_no_checkpoint_was_exported_within_the_window(env: Env) -> None:
+    person = env.person()
+    env.serve(person, "kisalli", "varha-social-work")
+    _with_gate(env)
+    refused = _disclose(env, person)
+    assert refused.status_code == 503, refused.get_data(as_text=True)
+    assert refused.get_json()["code"] == "audit_unavailable"
+
+    Sequencer(env.broker).run_once()
+    env.clock.advance(seconds=2)
+    assert _disclose(env, person).status_code in (200, 403)  # decided again: permit or no_legal_basis
+
+    env.clock.advance(seconds=301)
+    assert _disclose(env, person).status_code == 503
+
+
+def test_withdrawal_keeps_working_while_disclosures_are_refused(env: Env) -> None:
+    person = env.person()
+    env.serve(person, "kisalli")
+    consent = env.post(
+        "kisalli",
+        "/consents",
+        {
+            "person_id": person,
+            "recipients": ["varha-health"],
+            "categories": ["work_assessment"],
+            "purposes": ["work_capacity_assessment"],
+            "method": "in_person",
+            "witness": "witness",
+        },
+    )
+    assert consent.status_code in (200, 201), consent.get_data(as_text=True)
+    _with_gate(env)
+    withdrawn = env.post("kisalli", f"/consents/{consent.get_json()['consent_id']}/withdraw", {})
+    assert withdrawn.status_code == 200, withdrawn.get_data(as_text=True)
+
+
+def test_a_quiet_log_is_re_exported_every_half_window(env: Env) -> None:
+    _activity(env, people=1)
+    sequencer = Sequencer(env.broker)
+    assert sequencer.run_once().exported
+    env.clock.advance(seconds=60)
+    assert not sequencer.run_once().exported
+    env.clock.advance(seconds=100)
+    assert sequencer.run_once().exported  # 160 s > 150 s: a heartbeat, same checkpoint
+
+
+def test_a_truncated_database_stops_the_sequencer(env: Env) -> None:
+    _activity(env)
+    Sequencer(env.broker).run_once()
+    with env.broker.uow() as uow:
+        size = uow.session.get(AuditHeadRow, 1).size
+        uow.session.execute(delete(AuditNodeRow))
+        uow.session.execute(update(AuditHeadRow).values(size=0, frontier=b"", root=b"\0" * 32))
+        uow.session.execute(delete(AuditEntryRow).where(AuditEntryRow.idx >= 0))
+        uow.commit()
+    with pytest.raises(SequencerHalted, match=f"checkpoint of {size} was exported"):
+        Sequencer(env.broker).check_against_sink()
+
+
+def test_a_rewritten_history_stops_the_sequencer(env: Env) -> None:
+    _activity(env)
+    Sequencer(env.broker).run_once()
+    with env.broker.uow() as uow:
+        head = uow.session.get(AuditHeadRow, 1)
+        head.root = b"\1" * 32
+        uow.commit()
+    with pytest.raises(SequencerHalted, match=r"does not extend|changed"):
+        Sequencer(env.broker).check_against_sink()
+
+
+def test_the_sequenced_log_verifies_and_a_forged_entry_is_named(env: Env) -> None:
+    _activity(env)
+    Sequencer(env.broker).run_once()
+    check = verify_broker_log(env.broker)
+    assert check.size == len(_entries(env)) and check.pending == 0 and check.exported_size == check.size
+    with env.broker.uow() as uow:
+        row = uow.session.scalars(select(AuditEntryRow).where(AuditEntryRow.idx == 1)).one()
+        forged = row.entry.replace(b'"event":"', b'"event":"x', 1)
+        row.entry, row.leaf_hash = forged, leaf_hash(forged)
+        uow.commit()
+    from audit import AuditVerificationError
+
+    with pytest.raises(AuditVerificationError) as failure:
+        verify_broker_log(env.broker)
+    assert failure.value.index == 1
+
+
+def test_proofs_from_the_api_verify_against_the_signed_checkpoint(env: Env) -> None:
+    from audit.proofs import verify_consistency, verify_inclusion
+
+    _activity(env, people=6)
+    Sequencer(env.broker).run_once()
+    first_size = len(_entries(env))
+    _activity(env, people=5)
+    Sequencer(env.broker).run_once()
+    token = _dpo_token(env)
+    headers = {"Authorization": f"Bearer {token}"}
+    checkpoint = env.client.get("/api/v1/audit/checkpoint", headers=headers)
+    assert checkpoint.status_code == 200, checkpoint.get_data(as_text=True)
+    body = checkpoint.get_json()
+    text, _ = open_note(body["note"], [parse_verifier_key(k) for k in body["verifier_keys"]])
+    signed = parse_checkpoint(text)
+    rows = _entries(env)
+    assert signed.size == len(rows)
+    for index in (0, 1, len(rows) // 2, len(rows) - 1):
+        proof = env.client.get(
+            f"/api/v1/audit/proofs/inclusion?index={index}&tree_size={signed.size}", headers=headers
+        ).get_json()
+        path = [base64.b64decode(h) for h in proof["inclusion_path"]]
+        verify_inclusion(leaf_hash(rows[index].entry), index, signed.size, path, signed.root)
+    consistency = env.client.get(
+        f"/api/v1/audit/proofs/consistency?first={first_size}&second={signed.size}", headers=headers
+    ).get_json()
+    path = [base64.b64decode(h) for h in consistency["consistency_path"]]
+    old_root = mth([row.leaf_hash for row in rows[:first_size]])
+    verify_consistency(first_size, signed.size, old_root, signed.root, path)
+
+
+def test_the_audit_api_is_for_dpo_systems_only(env: Env) -> None:
+    denied = env.get("kisalli", "/audit/checkpoint")
+    assert denied.status_code == 403
+    bad = env.client.get(
+        "/api/v1/audit/proofs/inclusion?index=5&tree_size=2", headers={"Authorization": f"Bearer {_dpo_token(env)}"}
+    )
+    assert bad.status_code == 400
+
+
+def test_entry_search_pages_with_a_cursor_and_is_itself_logged(env: Env) -> None:
+    _activity(env, people=4)
+    headers = {"Authorization": f"Bearer {_dpo_token(env)}"}
+    seen: list[int] = []
+    cursor = None
+    while True:
+        query = "/api/v1/audit/entries?limit=3&event=relationship:start" + (f"&cursor={cursor}" if cursor else "")
+        page = env.client.get(query, headers=headers).get_json()
+        seen += [e["entry_id"] for e in page["entries"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 4 and seen == sorted(seen)
+    events = [row.event for row in _entries(env)]
+    assert events.count("audit:query") == 2
+
+
+def _dpo_token(env: Env) -> str:
+    from broker.demo import DPO_PARTNER
+
+    act = {"sub": "dpo-1", "role": "data_protection_officer"}
+    response = env.token_response(DPO_PARTNER, env.assertion(DPO_PARTNER, act=act))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return str(response.get_json()["access_token"])
+
+
+def test_a_database_restored_from_an_older_copy_is_caught(env: Env, tmp_path: Path) -> None:
+    if not env.broker.settings.database_url.startswith("sqlite"):
+        pytest.skip("copies the SQLite file")
+    _activity(env)
+    Sequencer(env.broker).run_once()
+    database = Path(env.broker.settings.database_url.removeprefix("sqlite:///"))
+    env.broker.db.dispose()
+    shutil.copy(database, tmp_path / "old.db")
+    _activity(env)
+    Sequencer(env.broker).run_once()
+    env.broker.db.dispose()
+    shutil.copy(tmp_path / "old.db", database)
+    for suffix in ("-wal", "-shm"):
+        Path(str(database) + suffix).unlink(missing_ok=True)
+    with pytest.raises(SequencerHalted, match="rolled back"):
+        Sequencer(env.broker).check_against_sink()
+    from audit import AuditVerificationError
+
+    with pytest.raises(AuditVerificationError, match="rolled back"):
+        verify_broker_log(env.broker)
