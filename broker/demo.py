@@ -148,9 +148,13 @@ def register_dpo_partner(broker: Broker) -> None:
 def seed(broker: Broker) -> dict[str, str]:
     """Create organisations, partners, persons and the service path. Returns person key → person_id."""
     from broker.services import consents, disclosures, notices, persons, records
+    from broker.services.sequencer import Sequencer
     from schemas.records.examples import EXAMPLES
 
     register_organisations(broker)
+    # The log's first checkpoint reaches the sink before the first disclosure, as a served broker's sequencer
+    # would have done (disclosures wait for an exported checkpoint: broker/services/sequencer.py).
+    Sequencer(broker).run_once()
     now = broker.clock.now()
     ids: dict[str, str] = {}
     for person in PERSONS:
@@ -266,6 +270,9 @@ def create_demo(settings: Settings, *, host: str = "127.0.0.1", port: int = 8000
         existing = {name: person_id for name, person_id in found}
     ids = {p.key: existing[p.name] for p in PERSONS if p.name in existing} if seeded else seed(broker)
     register_dpo_partner(broker)
+    from broker.services.sequencer import Sequencer
+
+    Sequencer(broker).run_once()  # the demo starts with its whole log in the tree and a checkpoint exported
     base_url = f"http://{host}:{port}"
     demo: dict[str, Any] = {
         "base_url": base_url,

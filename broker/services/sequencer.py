@@ -169,6 +169,9 @@ class Sequencer:
             old_size = frontier.size
             pending = _PENDING.rows(session, {"limit": self.batch_size})
             if not pending:
+                if head is None:  # a new log: its first checkpoint is of the empty tree (RFC 9162 §2.1.1)
+                    self._sign(uow, 0, frontier.root(), now)
+                    uow.commit()
                 return BatchResult(0, old_size, frontier.root())
             placed: list[dict[str, Any]] = []
             nodes: list[dict[str, Any]] = []

@@ -26,8 +26,9 @@ from broker.adapters.keystore import KeyStore
 from broker.adapters.orm import NoticeRow, PersonRow, RecordRow
 from broker.app import build_broker
 from broker.config import Settings
-from broker.demo import ORGANISATIONS, caller
+from broker.demo import DPO_PARTNER, ORGANISATIONS, caller
 from broker.domain.hetu import is_test_code, normalise_hetu
+from broker.domain.model import DPO_ROLE
 from broker.services import notices
 from broker.services.records import open_record
 from policies import load_policy
@@ -189,12 +190,15 @@ def test_the_demo_describes_itself_in_demo_json(demo: Path) -> None:
     data = demo_json(demo)
     assert {"base_url", "issuer", "partners", "persons"} <= set(data)
     assert data["base_url"] == "http://127.0.0.1:8000" and data["issuer"] == "http://127.0.0.1:8000"
-    assert [p["client_id"] for p in data["partners"]] == [org for org, *_ in ORGANISATIONS]
+    assert [p["client_id"] for p in data["partners"]] == [org for org, *_ in ORGANISATIONS] + [DPO_PARTNER]
     for partner in data["partners"]:
         assert set(partner) >= PARTNER_KEYS, partner["client_id"]
-        assert partner["organisation"] == partner["client_id"]
         assert partner["alg"] in {"EdDSA", "Ed25519"}
         assert partner["scopes"] and partner["roles"]
+        if partner["client_id"] == DPO_PARTNER:  # the DPO's system: the log only, for the DPO role only
+            assert partner["scopes"] == ["audit:read"] and partner["roles"] == [DPO_ROLE]
+            continue
+        assert partner["organisation"] == partner["client_id"]
         assert sorted(partner["roles"]) == sorted(load_policy().roles_for(partner["org_type"]))
     assert data["persons"]
     for person in data["persons"]:
@@ -242,7 +246,11 @@ def test_running_the_demo_again_keeps_the_instance_and_its_person_ids(demo_copy:
 def test_audit_verify_passes_on_the_demo(demo: Path) -> None:
     result = run("audit", "verify", instance=demo)
     assert result.returncode == 0, result.stderr
-    assert re.fullmatch(r"audit log verified: \d+ entries, root [0-9a-f]{64}\n", result.stdout)
+    assert re.fullmatch(
+        r"audit log verified: (\d+) entries, root [0-9a-f]{64}, \d+ signed checkpoints, "
+        r"extends the exported checkpoint of \1, 0 entries awaiting sequencing\n",
+        result.stdout,
+    ), result.stdout
 
 
 def edit_entry(instance: Path, event: str, change: Any) -> int:
@@ -268,7 +276,7 @@ def test_audit_verify_names_an_edited_entry(demo_copy: Path) -> None:
 
 def test_audit_verify_names_a_removed_entry(demo_copy: Path) -> None:
     with sqlite3.connect(demo_copy / "broker.db") as connection:
-        connection.execute("DELETE FROM audit_actors WHERE idx = 5")
+        connection.execute("DELETE FROM audit_actors WHERE entry_id = (SELECT id FROM audit_entries WHERE idx = 5)")
         connection.execute("DELETE FROM audit_entries WHERE idx = 5")
     connection.close()
     result = run("audit", "verify", instance=demo_copy)

@@ -142,6 +142,11 @@ def test_the_event_types_are_the_agreed_subject_action_pairs() -> None:
         "relationship:end",
         "person:resolve",
         "representation:register",
+        "record:erase",
+        "dpo:review",
+        "dpo:open_commitment",
+        "dpo:report",
+        "audit:query",
     } == EVENT_TYPES
     for event in EVENT_TYPES:
         assert disclosure(event=event)["event"] == event
