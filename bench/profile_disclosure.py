@@ -2,9 +2,14 @@
 the broker's WSGI app driven by Flask's test client, N disclosures of Mikko's work assessment to
 `varha-health`, under pyinstrument (`pip install pyinstrument`; not a dependency of the broker).
 
-    python -m bench.profile_disclosure [-n 2000] [--html out.html]
+    python -m bench.profile_disclosure [-n 2000] [--html out.html] [--no-profile] [--rounds 5]
 
 Shows where the Python time of one request goes (auth, ORM, policy, crypto, audit, serialisation, commit).
+Without `--no-profile` pyinstrument's tree is printed; with it, `--rounds` timed rounds of `-n` requests each.
+Either way, per request: the wall time, the process's CPU time, and how long the SQLite write lock was held —
+wall (including the commit's fsync) and CPU (the Python and SQLite work that serialises every writer: the
+disclosure rate over HTTP is bounded by 1 / the time the lock is held). With `--no-profile` the figures are the
+median round's, and the fastest round's too; under pyinstrument they include the profiler's overhead.
 What it does not show: gunicorn's request parsing and the wait for the lock held by the other worker —
 profile a served worker with py-spy for those (docs/benchmarks.md).
 """
@@ -12,15 +17,73 @@ profile a served worker with py-spy for those (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.http_disclosure import ASK, PARTNER, PERSON
+
+
+@dataclass
+class LockTimes:
+    """Time the write lock was held, summed over every hold (one per write unit of work)."""
+
+    holds: int = 0
+    wall_ns: int = 0
+    cpu_ns: int = 0
+
+
+def measure_lock(write_lock: Any) -> LockTimes:
+    """Wrap `write_lock.hold` (the instance's) to add up the wall and CPU time between acquiring and releasing."""
+    times = LockTimes()
+    hold: Callable[[], contextlib.AbstractContextManager[None]] = write_lock.hold
+
+    @contextlib.contextmanager
+    def timed() -> Iterator[None]:
+        with hold():
+            wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+            try:
+                yield
+            finally:
+                times.wall_ns += time.perf_counter_ns() - wall
+                times.cpu_ns += time.thread_time_ns() - cpu
+                times.holds += 1
+
+    write_lock.hold = timed
+    return times
+
+
+@dataclass
+class Round:
+    n: int
+    wall_ns: int
+    cpu_ns: int
+    lock: LockTimes
+
+    def per_request_us(self) -> dict[str, float]:
+        return {
+            "wall": self.wall_ns / self.n / 1000,
+            "cpu": self.cpu_ns / self.n / 1000,
+            "lock_wall": self.lock.wall_ns / self.n / 1000,
+            "lock_cpu": self.lock.cpu_ns / self.n / 1000,
+            "lock_holds": self.lock.holds / self.n,
+        }
+
+
+def report(label: str, figures: dict[str, float]) -> str:
+    return (
+        f"{label}: {figures['wall']:.0f} µs wall, {figures['cpu']:.0f} µs CPU per request; write lock held "
+        f"{figures['lock_wall']:.0f} µs wall, {figures['lock_cpu']:.0f} µs CPU ({figures['lock_holds']:.2f} holds)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=2000, help="disclosures to profile (default 2000)")
     parser.add_argument("--html", type=Path, help="also write pyinstrument's HTML report here")
     parser.add_argument("--no-profile", action="store_true", help="only time the requests")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds of -n requests with --no-profile")
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="broker-profile-"))
@@ -71,22 +135,32 @@ def main(argv: list[str] | None = None) -> int:
                 if response.status_code != 200:
                     raise SystemExit(f"{response.status_code} {response.get_data(as_text=True)}")
 
-        run(50)  # warm-up
-        profiler = None
-        if not args.no_profile:
-            from pyinstrument import Profiler
+        lock = measure_lock(broker.db.write_lock)
 
-            profiler = Profiler(interval=0.0005)
-            profiler.start()
-        started = time.perf_counter()
-        run(args.n)
-        elapsed = time.perf_counter() - started
-        if profiler is not None:
-            profiler.stop()
-            print(profiler.output_text(unicode=True, color=False, show_all=False))
-            if args.html:
-                args.html.write_text(profiler.output_html())
-        print(f"{args.n} disclosures in {elapsed:.2f} s: {1000 * elapsed / args.n:.2f} ms each (one process)")
+        def timed_round(n: int) -> Round:
+            lock.holds = lock.wall_ns = lock.cpu_ns = 0
+            wall, cpu = time.perf_counter_ns(), time.process_time_ns()
+            run(n)
+            return Round(n, time.perf_counter_ns() - wall, time.process_time_ns() - cpu, LockTimes(**vars(lock)))
+
+        run(50)  # warm-up
+        if args.no_profile:
+            rounds = [timed_round(args.n).per_request_us() for _ in range(args.rounds)]
+            for i, figures in enumerate(rounds, 1):
+                print(report(f"round {i}", figures))
+            print(report("median", {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}))
+            print(report("fastest", {key: min(r[key] for r in rounds) for key in rounds[0]}))
+            return 0
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0005)
+        profiler.start()
+        measured = timed_round(args.n)
+        profiler.stop()
+        print(profiler.output_text(unicode=True, color=False, show_all=False))
+        if args.html:
+            args.html.write_text(profiler.output_html())
+        print(report(f"{args.n} disclosures, under the profiler", measured.per_request_us()))
         return 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

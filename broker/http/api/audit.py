@@ -28,7 +28,7 @@ class AuditCheckpoint(MethodView):
 @blp.route("/audit/proofs/inclusion")
 class AuditInclusion(MethodView):
     @require_scope("audit:read")
-    @blp.arguments(s.InclusionQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(s.InclusionQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, s.InclusionProofSchema)
     @_responses(400, 401, 403)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +39,7 @@ class AuditInclusion(MethodView):
 @blp.route("/audit/proofs/consistency")
 class AuditConsistency(MethodView):
     @require_scope("audit:read")
-    @blp.arguments(s.ConsistencyQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(s.ConsistencyQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, s.ConsistencyProofSchema)
     @_responses(400, 401, 403)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +50,7 @@ class AuditConsistency(MethodView):
 @blp.route("/audit/entries")
 class AuditEntries(MethodView):
     @require_scope("audit:read")
-    @blp.arguments(s.EntryQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(s.EntryQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, s.AuditEntryPageSchema)
     @_responses(400, 401, 403)
     def get(self, query: dict[str, Any]) -> dict[str, Any]:

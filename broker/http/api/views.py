@@ -1,4 +1,9 @@
-"""Routes of the partner API. Each view checks the token's scope, calls one use case and dumps its result."""
+"""Routes of the partner API. Each view checks the token's scope, calls one use case and dumps its result.
+
+Request schemas are given to `blp.arguments` as instances, built once here: given a class, webargs builds a new
+schema (a deep copy of every field) for each request. A marshmallow schema keeps no state between `load` calls —
+`unknown`, `partial` and `many` are passed per call or fixed at construction — so one instance serves them all.
+(`blp.response` builds its schema once either way.)"""
 
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ def _responses(*codes: int) -> Any:
 @blp.route("/persons/resolve")
 class PersonResolve(MethodView):
     @require_scope("persons")
-    @blp.arguments(s.PersonResolveSchema)
+    @blp.arguments(s.PersonResolveSchema())
     @blp.response(200, s.PersonSchema)
     @_responses(400, 401, 403)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +73,7 @@ class RelationshipEnd(MethodView):
 @blp.route("/persons/<person_id>/representatives")
 class Representatives(MethodView):
     @require_scope("persons")
-    @blp.arguments(s.RepresentativeCreateSchema)
+    @blp.arguments(s.RepresentativeCreateSchema())
     @blp.response(201, s.RepresentationSchema)
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any], person_id: str) -> dict[str, Any]:
@@ -88,7 +93,7 @@ class Representatives(MethodView):
 @blp.route("/consent-requests")
 class ConsentRequests(MethodView):
     @require_scope("consents")
-    @blp.arguments(s.ConsentRequestCreateSchema)
+    @blp.arguments(s.ConsentRequestCreateSchema())
     @blp.response(201, s.ConsentRequestSchema)
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +113,7 @@ class ConsentRequests(MethodView):
 @blp.route("/consents")
 class Consents(MethodView):
     @require_scope("consents")
-    @blp.arguments(s.ConsentCreateSchema)
+    @blp.arguments(s.ConsentCreateSchema())
     @blp.response(201, s.ConsentSchema)
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +133,7 @@ class Consents(MethodView):
         )
 
     @require_scope("consents")
-    @blp.arguments(s.ConsentListQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(s.ConsentListQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, s.ConsentSchema(many=True))
     @_responses(400, 401, 403, 404)
     def get(self, query: dict[str, Any]) -> list[dict[str, Any]]:
@@ -139,7 +144,7 @@ class Consents(MethodView):
 @blp.route("/consents/<consent_id>/withdraw")
 class ConsentWithdraw(MethodView):
     @require_scope("consents")
-    @blp.arguments(s.ConsentWithdrawSchema)
+    @blp.arguments(s.ConsentWithdrawSchema())
     @blp.response(200, s.ConsentSchema)
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any], consent_id: str) -> dict[str, Any]:
@@ -163,7 +168,7 @@ class ConsentReceipt(MethodView):
 @blp.route("/records")
 class Records(MethodView):
     @require_scope("records")
-    @blp.arguments(s.RecordCreateSchema)
+    @blp.arguments(s.RecordCreateSchema())
     @blp.response(201, s.RecordSchema)
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +181,7 @@ class Records(MethodView):
 @blp.route("/disclosures")
 class Disclosures(MethodView):
     @require_scope("disclosures")
-    @blp.arguments(s.DisclosureRequestSchema)
+    @blp.arguments(s.DisclosureRequestSchema())
     @blp.response(200, s.DisclosureSchema)
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +196,7 @@ class Disclosures(MethodView):
 @blp.route("/decisions")
 class Decisions(MethodView):
     @require_scope("disclosures")
-    @blp.arguments(s.DisclosureRequestSchema)
+    @blp.arguments(s.DisclosureRequestSchema())
     @blp.response(200, s.DecisionSchema)
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +210,7 @@ class Decisions(MethodView):
 @blp.route("/notices")
 class Notices(MethodView):
     @require_scope("notices")
-    @blp.arguments(s.NoticeCreateSchema)
+    @blp.arguments(s.NoticeCreateSchema())
     @blp.response(201, s.NoticeSentSchema)
     @_responses(400, 401, 403, 404)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +229,7 @@ class Notices(MethodView):
 @blp.route("/inbox")
 class Inbox(MethodView):
     @require_scope("notices")
-    @blp.arguments(s.InboxQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(s.InboxQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, s.NoticeSchema(many=True))
     @_responses(400, 401, 403)
     def get(self, query: dict[str, Any]) -> list[dict[str, Any]]:
