@@ -18,13 +18,14 @@ from werkzeug.test import TestResponse
 
 from broker.app import build_broker, create_app
 from broker.config import Settings
-from broker.demo import ORGANISATIONS, register_organisations
+from broker.demo import DPO_PARTNER, ORGANISATIONS, register_organisations
+from broker.domain.model import DPO_ROLE
 from broker.domain.clock import FixedClock
 from broker.domain.hetu import make_hetu
 from broker.services import Broker
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ROLE = {org_id: role for org_id, _, _, role in ORGANISATIONS}
+ROLE = {org_id: role for org_id, _, _, role in ORGANISATIONS} | {DPO_PARTNER: DPO_ROLE}
 ORG_TYPE = {org_id: org_type for org_id, org_type, _, _ in ORGANISATIONS}
 _sequence = itertools.count()
 

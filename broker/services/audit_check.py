@@ -97,21 +97,21 @@ def _verify(broker: Broker, check_sink: bool) -> LogCheck:
         frontier = Frontier.empty()
         expected_nodes: list[tuple[int, int, bytes]] = []
 
+        result = session.execute(
+            select(AuditEntryRow, AuditActorRow.actor_id, AuditActorRow.salt)
+            .outerjoin(AuditActorRow, AuditActorRow.entry_id == AuditEntryRow.id)
+            .where(AuditEntryRow.idx.is_not(None))
+            .order_by(AuditEntryRow.idx)
+            .execution_options(yield_per=5000)
+        )
+
         def rows() -> Iterator[tuple[int, bytes, bytes]]:
-            result = session.execute(
-                select(AuditEntryRow, AuditActorRow.actor_id, AuditActorRow.salt)
-                .outerjoin(AuditActorRow, AuditActorRow.entry_id == AuditEntryRow.id)
-                .where(AuditEntryRow.idx.is_not(None))
-                .order_by(AuditEntryRow.idx)
-                .execution_options(yield_per=5000)
-            )
             for row, actor_id, salt in result:
                 idx, entry = row.idx, bytes(row.entry)
                 leaf = bytes(row.leaf_hash) if row.leaf_hash is not None else b""
                 yield idx, entry, leaf
                 # verify_log has checked this row (canonical, its index, its leaf) before asking for the next.
                 _check_columns(row, json.loads(entry), actor_id, salt)
-                # verify_log checked this row before asking for the next one; follow it with the tree.
                 if len(leaf) == 32:
                     expected_nodes.extend(frontier.append_collect(leaf))
                     root = signed.get(frontier.size)
@@ -123,15 +123,13 @@ def _verify(broker: Broker, check_sink: bool) -> LogCheck:
                         )
 
         try:
-            result = verify_log(rows(), expected_size=size, expected_root=bytes(head.root) if head else None)
-        except (ValueError, TypeError) as error:  # a column the database can no longer even decode
-            raise AuditVerificationError(
-                frontier.size, "unreadable_row", f"a log row cannot be read: {error}"
-            ) from None
+            verified = verify_log(rows(), expected_size=size, expected_root=bytes(head.root) if head else None)
+        finally:
+            result.close()  # on PostgreSQL a server-side cursor, left open by a failure part-way
         if head is not None and bytes(head.frontier) != frontier.to_bytes():
             raise AuditVerificationError(size, "head_mismatch", "the head's stored frontier is not the tree's")
         _check_nodes(session, expected_nodes)
-    return LogCheck(result.size, result.root, count, exported, int(pending))
+    return LogCheck(verified.size, verified.root, count, exported, int(pending))
 
 
 _COLUMNS = ("event", "person_id", "organisation", "category", "purpose", "effect")
@@ -180,12 +178,15 @@ def _check_nodes(session: object, expected: list[tuple[int, int, bytes]]) -> Non
         select(AuditNodeRow.level, AuditNodeRow.idx, AuditNodeRow.hash).execution_options(yield_per=5000)
     )
     seen = 0
-    for level, idx, node in stored:
-        expected_hash = want.get((level, idx))
-        if expected_hash is None or bytes(node) != expected_hash:
-            raise AuditVerificationError(
-                idx << level, "node_mismatch", f"the stored subtree hash at level {level}, index {idx} is wrong"
-            )
-        seen += 1
+    try:
+        for level, idx, node in stored:
+            expected_hash = want.get((level, idx))
+            if expected_hash is None or bytes(node) != expected_hash:
+                raise AuditVerificationError(
+                    idx << level, "node_mismatch", f"the stored subtree hash at level {level}, index {idx} is wrong"
+                )
+            seen += 1
+    finally:
+        stored.close()
     if seen != len(want):
         raise AuditVerificationError(0, "node_missing", f"{len(want) - seen} stored subtree hash(es) are missing")

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select, update
 
 from audit import encode_entry, leaf_hash
 from audit.note import open_note, parse_checkpoint, parse_verifier_key
-from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow, AuditHeadRow, AuditNodeRow
+from broker.adapters.orm import AuditActorRow, AuditCheckpointRow, AuditEntryRow, AuditHeadRow, AuditNodeRow
 from broker.services.audit_check import verify_broker_log
 from broker.services.sequencer import Sequencer, SequencerHalted, verifiers
 from tests.oracle.rfc9162 import mth
@@ -92,12 +92,12 @@ def test_each_batch_signs_a_checkpoint_of_its_tree(env: Env) -> None:
     sizes = [c.size for c in checkpoints]
     assert sizes == [*range(3, len(rows), 3), len(rows)] if len(rows) % 3 else list(range(3, len(rows) + 1, 3))
     assert result.size == len(rows)
-    leaves = [row.leaf_hash for row in rows]
+    entries = [row.entry for row in rows]
     for checkpoint in checkpoints:
         text, names = open_note(checkpoint.note, verifiers(env.broker))
         parsed = parse_checkpoint(text)
         assert parsed.size == checkpoint.size and names
-        assert parsed.root == mth(leaves[: checkpoint.size]) == checkpoint.root
+        assert parsed.root == mth(entries[: checkpoint.size]) == checkpoint.root
     # One stored node per perfect subtree above the leaves: n minus the number of perfect subtrees in n.
     assert stored_nodes == len(rows) - len(rows).bit_count()
 
@@ -120,15 +120,15 @@ def _with_gate(env: Env, window: int = 300) -> None:
 
 def _disclose(env: Env, person: str):  # type: ignore[no-untyped-def]
     return env.post(
-        "varha-social-work",
+        "varha-health",
         "/disclosures",
-        {"person_id": person, "category": "work_assessment", "purpose": "social_work_assessment"},
+        {"person_id": person, "category": "work_assessment", "purpose": "work_capacity_assessment"},
     )
 
 
 def test_disclosures_stop_when_no_checkpoint_was_exported_within_the_window(env: Env) -> None:
     person = env.person()
-    env.serve(person, "kisalli", "varha-social-work")
+    env.serve(person, "kisalli", "varha-health")
     _with_gate(env)
     refused = _disclose(env, person)
     assert refused.status_code == 503, refused.get_data(as_text=True)
@@ -139,6 +139,7 @@ def test_disclosures_stop_when_no_checkpoint_was_exported_within_the_window(env:
     assert _disclose(env, person).status_code in (200, 403)  # decided again: permit or no_legal_basis
 
     env.clock.advance(seconds=301)
+    env._tokens.clear()  # the access token has expired meanwhile
     assert _disclose(env, person).status_code == 503
 
 
@@ -180,6 +181,7 @@ def test_a_truncated_database_stops_the_sequencer(env: Env) -> None:
         size = uow.session.get(AuditHeadRow, 1).size
         uow.session.execute(delete(AuditNodeRow))
         uow.session.execute(update(AuditHeadRow).values(size=0, frontier=b"", root=b"\0" * 32))
+        uow.session.execute(delete(AuditActorRow))
         uow.session.execute(delete(AuditEntryRow).where(AuditEntryRow.idx >= 0))
         uow.commit()
     with pytest.raises(SequencerHalted, match=f"checkpoint of {size} was exported"):
@@ -229,7 +231,7 @@ def test_proofs_from_the_api_verify_against_the_signed_checkpoint(env: Env) -> N
     body = checkpoint.get_json()
     text, _ = open_note(body["note"], [parse_verifier_key(k) for k in body["verifier_keys"]])
     signed = parse_checkpoint(text)
-    rows = _entries(env)
+    rows = [row for row in _entries(env) if row.idx is not None]  # the token's own entry is not sequenced yet
     assert signed.size == len(rows)
     for index in (0, 1, len(rows) // 2, len(rows) - 1):
         proof = env.client.get(
@@ -241,7 +243,7 @@ def test_proofs_from_the_api_verify_against_the_signed_checkpoint(env: Env) -> N
         f"/api/v1/audit/proofs/consistency?first={first_size}&second={signed.size}", headers=headers
     ).get_json()
     path = [base64.b64decode(h) for h in consistency["consistency_path"]]
-    old_root = mth([row.leaf_hash for row in rows[:first_size]])
+    old_root = mth([row.entry for row in rows[:first_size]])
     verify_consistency(first_size, signed.size, old_root, signed.root, path)
 
 
@@ -274,10 +276,7 @@ def test_entry_search_pages_with_a_cursor_and_is_itself_logged(env: Env) -> None
 def _dpo_token(env: Env) -> str:
     from broker.demo import DPO_PARTNER
 
-    act = {"sub": "dpo-1", "role": "data_protection_officer"}
-    response = env.token_response(DPO_PARTNER, env.assertion(DPO_PARTNER, act=act))
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return str(response.get_json()["access_token"])
+    return env.token(DPO_PARTNER)
 
 
 def test_a_database_restored_from_an_older_copy_is_caught(env: Env, tmp_path: Path) -> None:
