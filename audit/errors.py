@@ -7,12 +7,33 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 VerificationFailure = Literal[
+    # a stored log (verify_log)
     "index_gap",
     "entry_unparsable",
     "index_mismatch",
     "leaf_hash_mismatch",
     "size_mismatch",
     "root_mismatch",
+    # an export (audit.export)
+    "no_checkpoint",
+    "checkpoint_name",
+    "signature",
+    "checkpoint_malformed",
+    "origin_mismatch",
+    "verifier_key",
+    "range_invalid",
+    "checkpoint_outside_range",
+    "missing_newline",
+    "unverified_entries",
+    # the broker's database beside the log (broker/services/audit_check.py)
+    "checkpoint_mismatch",
+    "fork",
+    "column_mismatch",
+    "actor_mismatch",
+    "head_mismatch",
+    "node_mismatch",
+    "node_missing",
+    "unreadable_row",
 ]
 
 

@@ -84,6 +84,57 @@ class Frontier:
         nodes.append(carry)
         self._size += 1
 
+    def append_collect(self, leaf_hash: bytes) -> list[tuple[int, int, bytes]]:
+        """`append`, also returning the perfect subtrees this leaf completes at levels ≥ 1, smallest first, as
+        (level, index at that level, hash). A subtree at `level` with index `i` covers leaves
+        [i·2^level, (i+1)·2^level). The sequencer stores them (leaf hashes are level 0) so that any inclusion or
+        consistency proof is a handful of reads (audit.proofs); this is the same loop as `append`, kept separate
+        so that `append`, the verifier's hot path, pays nothing for the list."""
+        if len(leaf_hash) != HASH_SIZE:
+            raise AuditError(f"leaf hashes must be {HASH_SIZE} bytes")
+        nodes, carry, size = self._nodes, leaf_hash, self._size
+        completed: list[tuple[int, int, bytes]] = []
+        level = 0
+        while size & 1:
+            carry = sha256(b"\x01" + nodes.pop() + carry).digest()
+            size >>= 1
+            level += 1
+            # The subtree just completed ends at the new size, so it starts at new size - 2^level, and its index
+            # at its level is that start shifted down: the old size shifted down, since its low bits were ones.
+            completed.append((level, size, carry))
+        nodes.append(carry)
+        self._size += 1
+        return completed
+
+    def append_subtree(self, level: int, subtree_hash: bytes) -> None:
+        """Append a whole perfect subtree of 2^level leaves at once, given its hash: the next piece of a compact
+        range (audit.compact). The size must be a multiple of 2^level, where such a subtree can start."""
+        if len(subtree_hash) != HASH_SIZE:
+            raise AuditError(f"subtree hashes must be {HASH_SIZE} bytes")
+        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+            raise AuditError("a subtree level must be a non-negative integer")
+        if self._size & ((1 << level) - 1):
+            raise AuditError(f"a subtree of 2^{level} leaves cannot start at leaf {self._size}")
+        # Binary addition of 2^level to the size: the frontier's subtrees at the levels of the carried bits merge
+        # with the one being carried, smallest first, as in `append`.
+        nodes, carry, size = self._nodes, subtree_hash, self._size >> level
+        while size & 1:
+            carry = sha256(b"\x01" + nodes.pop() + carry).digest()
+            size >>= 1
+        nodes.append(carry)
+        self._size += 1 << level
+
+    def subtrees(self) -> list[tuple[int, int, bytes]]:
+        """The frontier's perfect subtrees, largest (leftmost) first, as (level, index at that level, hash): the
+        compact range of leaves [0, size)."""
+        result: list[tuple[int, int, bytes]] = []
+        start = 0
+        levels = [level for level in range(self._size.bit_length() - 1, -1, -1) if (self._size >> level) & 1]
+        for level, node in zip(levels, self._nodes, strict=True):
+            result.append((level, start >> level, node))
+            start += 1 << level
+        return result
+
     def root(self) -> bytes:
         """MTH of all leaves appended so far: the subtree roots folded from the right (RFC 9162 §2.1.1, where
         the left part of each split is the largest perfect subtree)."""

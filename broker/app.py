@@ -120,8 +120,9 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.extensions["broker"] = broker
 
     from broker.devidp import init_dev_idp
-    import broker.http.api.audit  # noqa: F401 — registers the audit routes on the API blueprint
+    from broker.http.api import audit as _audit_routes  # noqa: F401 — registers the audit routes on the API blueprint
     from broker.http.api.views import blp
+    from broker.http.dpo import init_dpo
     from broker.http.portal import init_portal
     from broker.oauth import init_oauth
 
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     # The client portal at /portal/ (broker/http/portal); after the dev IdP, which it registers with in demo and
     # test mode. Not mounted in production unless its OpenID provider is configured.
     init_portal(app, settings)
+    init_dpo(app, settings)  # the DPO workspace at /dpo/ (broker/http/dpo), on the portal's login and session
     register_error_handlers(app)  # after flask-smorest's, so that every error is a problem document
 
     @app.before_request

@@ -236,26 +236,46 @@ def _stored_policy(prefix: str) -> Policy:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from audit import AuditVerificationError
+    """Verify the whole log and store the result (the DPO's integrity page shows the last one)."""
     from broker.app import build_broker
     from broker.services.audit_check import verify_broker_log
+    from broker.services.dpo import record_verification
 
     broker = build_broker(_settings())
     try:
-        result = verify_broker_log(broker, check_sink=not args.no_sink)
-    except AuditVerificationError as error:
-        print(f"audit log INVALID: {error}", file=sys.stderr)
-        return 1
+        if args.no_sink:
+            from audit import AuditVerificationError
+
+            try:
+                check = verify_broker_log(broker, check_sink=False)
+            except AuditVerificationError as error:
+                print(f"audit log INVALID: {error}", file=sys.stderr)
+                return 1
+            result = {
+                "ok": True,
+                "size": check.size,
+                "root": check.root.hex(),
+                "checkpoints": check.checkpoints,
+                "pending": check.pending,
+                "exported_size": None,
+            }
+        else:
+            result = record_verification(broker)
     finally:
         broker.db.dispose()
-    exported = (
-        "sink empty" if result.exported_size is None else f"extends the exported checkpoint of {result.exported_size}"
-    )
+    if not result["ok"]:
+        where = f"entry {result['failure_index']}: " if result.get("failure_index") is not None else ""
+        print(f"audit log INVALID: {where}{result['failure_kind']}: {result['message']}", file=sys.stderr)
+        return 1
     if args.no_sink:
         exported = "sink not checked"
+    elif result["exported_size"] is None:
+        exported = "sink empty"
+    else:
+        exported = f"extends the exported checkpoint of {result['exported_size']}"
     print(
-        f"audit log verified: {result.size} entries, root {result.root.hex()}, "
-        f"{result.checkpoints} signed checkpoints, {exported}, {result.pending} entries awaiting sequencing"
+        f"audit log verified: {result['size']} entries, root {result['root']}, "
+        f"{result['checkpoints']} signed checkpoints, {exported}, {result['pending']} entries awaiting sequencing"
     )
     return 0
 

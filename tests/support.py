@@ -19,9 +19,9 @@ from werkzeug.test import TestResponse
 from broker.app import build_broker, create_app
 from broker.config import Settings
 from broker.demo import DPO_PARTNER, ORGANISATIONS, register_organisations
-from broker.domain.model import DPO_ROLE
 from broker.domain.clock import FixedClock
 from broker.domain.hetu import make_hetu
+from broker.domain.model import DPO_ROLE
 from broker.services import Broker
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"

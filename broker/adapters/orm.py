@@ -296,7 +296,9 @@ class AuditNodeRow(Base):
 
     __tablename__ = "audit_nodes"
     level: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    idx: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    idx: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
     hash: Mapped[bytes]
 
 

@@ -166,7 +166,9 @@ def _open(note: str, keys: list[Verifier], origin: str, size: int | None) -> Che
     except AuditError as error:
         raise AuditVerificationError(size or 0, "signature", f"a checkpoint does not verify: {error}") from None
     if checkpoint.origin != origin:
-        raise AuditVerificationError(checkpoint.size, "origin", f"a checkpoint of another log ({checkpoint.origin!r})")
+        raise AuditVerificationError(
+            checkpoint.size, "origin_mismatch", f"a checkpoint of another log ({checkpoint.origin!r})"
+        )
     if size is not None and checkpoint.size != size:
         raise AuditVerificationError(size, "checkpoint_mismatch", "a stored checkpoint's size column differs")
     return checkpoint

@@ -27,7 +27,6 @@ from broker.domain.errors import (
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry, payload_digest
-from broker.services.sequencer import require_anchored
 from broker.services.consents import consent_facts
 from broker.services.persons import (
     active_relationship_orgs,
@@ -38,6 +37,7 @@ from broker.services.persons import (
     organisation_type,
 )
 from broker.services.records import open_record
+from broker.services.sequencer import require_anchored
 from policies import Decision, DecisionRequest, Facts, StatutoryException, decide
 from schemas.records import project
 

@@ -30,9 +30,9 @@ from broker.domain.errors import (
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry, payload_digest
-from broker.services.sequencer import require_anchored
 from broker.services.disclosures import decision_view, load_facts
 from broker.services.persons import organisation_type
+from broker.services.sequencer import require_anchored
 from policies import Decision, DecisionRequest, decide
 from schemas.records import load_record, project
 

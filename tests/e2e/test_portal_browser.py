@@ -307,7 +307,8 @@ def test_a_custodian_acts_for_a_minor_and_the_consent_records_both(
             "SELECT action, by_kind FROM consent_events WHERE consent_id = ? ORDER BY id", (consent_id,)
         ).fetchall()
         audited = db.execute(
-            "SELECT e.event, e.person_id, e.entry, a.actor_id FROM audit_entries e JOIN audit_actors a ON a.entry_id = e.id"
+            "SELECT e.event, e.person_id, e.entry, a.actor_id"
+            " FROM audit_entries e JOIN audit_actors a ON a.entry_id = e.id"
             " WHERE e.event IN ('consent:grant', 'consent:withdraw') AND e.person_id = ? ORDER BY e.id",
             (custodian["person_id"],),
         ).fetchall()

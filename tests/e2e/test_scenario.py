@@ -151,7 +151,10 @@ def test_an_edited_a_deleted_and_a_reordered_audit_row_are_each_detected(served:
     deleted = _tampered(
         served,
         tmp_path,
-        [("DELETE FROM audit_actors WHERE idx = 3", ()), ("DELETE FROM audit_entries WHERE idx = 3", ())],
+        [
+            ("DELETE FROM audit_actors WHERE entry_id = (SELECT id FROM audit_entries WHERE idx = 3)", ()),
+            ("DELETE FROM audit_entries WHERE idx = 3", ()),
+        ],
     )
     reordered = _tampered(
         served,
@@ -165,7 +168,11 @@ def test_an_edited_a_deleted_and_a_reordered_audit_row_are_each_detected(served:
         served,
         tmp_path,
         [
-            ("DELETE FROM audit_actors WHERE idx = (SELECT MAX(idx) FROM audit_entries)", ()),
+            (
+                "DELETE FROM audit_actors WHERE entry_id = (SELECT id FROM audit_entries"
+                " WHERE idx = (SELECT MAX(idx) FROM audit_entries))",
+                (),
+            ),
             ("DELETE FROM audit_entries WHERE idx = (SELECT MAX(idx) FROM audit_entries)", ()),
         ],
     )

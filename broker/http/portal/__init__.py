@@ -6,9 +6,11 @@ them — sees their consent requests, consents, who has seen their information a
 - `sessions` — server-side sessions (`portal_sessions`), the cookie holding only a random token;
 - `security` — CSRF tokens and the response headers;
 - `i18n` — Finnish, Swedish and English with Flask-Babel (catalogues in `broker/translations/`);
-- `labels` — what the person reads instead of an identifier.
+- `labels` — what the person reads instead of an identifier;
+- `proof` — the proof of each entry of the person's log, checked in the browser or offline.
 
-Templates are in `broker/http/templates/portal/`, the one stylesheet in `broker/http/static/portal.css`.
+Templates are in `broker/http/templates/portal/`, the one stylesheet in `broker/http/static/portal.css`, and the
+one script — `verify-proof.js`, run only on the proof page — beside it.
 """
 
 from __future__ import annotations

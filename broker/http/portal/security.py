@@ -4,8 +4,9 @@ CSRF: one random token per session, put in a hidden field of every form and comp
 (`hmac.compare_digest`) on every POST. A POST without the session's token is refused before any view runs.
 `SameSite=Lax` on the session cookie is a second line, not the only one.
 
-Headers: a strict Content-Security-Policy (no script at all, styles from the portal's own stylesheet only, forms
-only to the portal itself and to the OpenID provider the login goes to, no framing), `Cache-Control: no-store`
+Headers: a strict Content-Security-Policy (no script, except the portal's own `verify-proof.js` on the one page that
+checks a proof; styles from the portal's own stylesheet only, forms only to the portal itself and to the OpenID
+provider the login goes to, no framing), `Cache-Control: no-store`
 (pages about a person must not stay in a shared or back-button cache).
 """
 
@@ -42,9 +43,12 @@ def csrf_valid() -> bool:
     return hmac.compare_digest(expected.encode("ascii"), sent.encode("utf-8", "replace"))
 
 
-def content_security_policy(form_origins: tuple[str, ...]) -> str:
+def content_security_policy(form_origins: tuple[str, ...], *, scripts: bool = False) -> str:
+    """The policy of a portal page. `scripts` lets the page load scripts from the portal itself (never inline
+    ones): only the proof page asks for it, so every other page still runs no script at all."""
     form_action = " ".join(("'self'", *sorted(set(form_origins))))
+    script_src = "script-src 'self'; " if scripts else ""
     return (
-        "default-src 'none'; style-src 'self'; img-src 'self'; "
+        f"default-src 'none'; {script_src}style-src 'self'; img-src 'self'; "
         f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
     )

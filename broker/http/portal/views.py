@@ -120,6 +120,10 @@ def portal_blueprint(static_folder: str) -> Blueprint:
     ]
     for rule, endpoint, view, methods in rules:
         bp.add_url_rule(rule, endpoint, view, methods=methods)
+    # Imported here: the proof pages are built on this module's helpers.
+    from broker.http.portal.proof import register_proof_pages
+
+    register_proof_pages(bp)
     return bp
 
 
@@ -170,7 +174,9 @@ def _before() -> Response | None:
 def _after(response: Response) -> Response:
     if request.endpoint == "portal.static":
         return response
-    response.headers["Content-Security-Policy"] = content_security_policy((_config().provider.authorization_origin(),))
+    response.headers["Content-Security-Policy"] = content_security_policy(
+        (_config().provider.authorization_origin(),), scripts=bool(g.get("portal_scripts"))
+    )
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Language"] = current_language()
     response.vary.add("Cookie")
@@ -212,10 +218,13 @@ def _safe_next(value: str | None) -> str:
         return url_for("portal.overview")
     parts = urlsplit(value)
     path = posixpath.normpath(parts.path) if parts.path else ""
-    inside = path == "/portal" or path.startswith("/portal/")
+    # The DPO workspace (broker/http/dpo) logs in here too and is returned to after the login.
+    inside = path in ("/portal", "/dpo") or path.startswith(("/portal/", "/dpo/"))
     if parts.scheme or parts.netloc or path != parts.path.rstrip("/") or not inside:
         return url_for("portal.overview")
-    if path.startswith(("/portal/auth/", "/portal/login", "/portal/static/", "/portal/logout", "/portal/language")):
+    if path.startswith(
+        ("/portal/auth/", "/portal/login", "/portal/static/", "/portal/logout", "/portal/language", "/dpo/static/")
+    ):
         return url_for("portal.overview")
     return value
 
@@ -387,6 +396,9 @@ def callback() -> Any:
     session[LOGIN_KEY] = {
         "person_id": person_id,
         "name": str(claims.get("name") or ""),
+        # The provider's stable subject (OpenID Connect Core §2): the DPO's actor id in the log and in reviews.
+        # Persons are known by person_id; their subject is kept for nothing else.
+        "subject": str(claims.get("sub") or "") if "dpo" in roles else "",
         "roles": sorted(roles),
         # A person identified without a Finnish identity code (a foreign eIDAS identity) cannot be found here.
         "has_identity_code": has_identity_code,
