@@ -72,13 +72,12 @@ def inclusion(broker: Broker, index: int, tree_size: int) -> dict[str, Any]:
             raise InvalidRequestError(f"tree_size must be between 1 and {size}, the log's size", field="tree_size")
         if index < 0 or index >= tree_size:
             raise InvalidRequestError(f"index must be between 0 and tree_size - 1 ({tree_size - 1})", field="index")
-        nodes = load_nodes(uow, inclusion_nodes(index, tree_size))
+        nodes = load_nodes(uow, [*inclusion_nodes(index, tree_size), (0, index)])
         proof = inclusion_proof(index, tree_size, nodes)
-        leaf = uow.session.scalar(select(AuditEntryRow.leaf_hash).where(AuditEntryRow.idx == index))
     return {
         "index": index,
         "tree_size": tree_size,
-        "leaf_hash": b64(bytes(leaf)),
+        "leaf_hash": b64(nodes[(0, index)]),
         "inclusion_path": [b64(h) for h in proof],
     }
 
