@@ -294,7 +294,7 @@ class Sequencer:
 
 def load_nodes(uow: UnitOfWork, wanted: Any) -> dict[tuple[int, int], bytes]:
     """Fetch the stored hashes for (level, index) pairs: level 0 from the entries' leaf hashes, the rest from
-    audit_nodes. A few dozen keys at most (O(log n)), read in two statements.
+    audit_nodes. A few dozen keys at most (O(log n)), read in one statement.
 
     The statements go to the driver's cursor as plain SQL with one placeholder per key: building the same
     query as a SQLAlchemy expression (an IN and an OR per level) cost most of an inclusion proof's time
@@ -309,27 +309,29 @@ def load_nodes(uow: UnitOfWork, wanted: Any) -> dict[tuple[int, int], bytes]:
     mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
     driver = connection.connection.driver_connection
     assert driver is not None
+    parts, params = [], []
+    if leaves:
+        marks = ", ".join([mark] * len(leaves))
+        parts.append(f"SELECT 0, idx, leaf_hash FROM audit_entries WHERE idx IN ({marks})")  # noqa: S608
+        params += leaves
+    if by_level:
+        clauses = []
+        for level, ids in sorted(by_level.items()):
+            clauses.append(f"(level = {mark} AND idx IN ({', '.join([mark] * len(ids))}))")
+            params += [level, *ids]
+        where = " OR ".join(clauses)
+        parts.append(f"SELECT level, idx, hash FROM audit_nodes WHERE {where}")  # noqa: S608
     found: dict[tuple[int, int], bytes] = {}
-    cursor = driver.cursor()
-    try:
-        if leaves:
-            placeholders = ", ".join([mark] * len(leaves))
-            # Only placeholders are put into the text; the values are bound (S608 does not apply).
-            cursor.execute(f"SELECT idx, leaf_hash FROM audit_entries WHERE idx IN ({placeholders})", leaves)  # noqa: S608
-            for idx, leaf in cursor.fetchall():
-                if leaf is not None:
-                    found[(0, int(idx))] = bytes(leaf)
-        if by_level:
-            clauses, params = [], []
-            for level, ids in sorted(by_level.items()):
-                clauses.append(f"(level = {mark} AND idx IN ({', '.join([mark] * len(ids))}))")
-                params += [level, *ids]
-            where = " OR ".join(clauses)
-            cursor.execute(f"SELECT level, idx, hash FROM audit_nodes WHERE {where}", params)  # noqa: S608
+    if parts:
+        cursor = driver.cursor()
+        try:
+            # One round trip for both tables. Only placeholders are put into the text; every value is bound.
+            cursor.execute(" UNION ALL ".join(parts), params)
             for level, idx, node in cursor.fetchall():
-                found[(int(level), int(idx))] = bytes(node)
-    finally:
-        cursor.close()
+                if node is not None:
+                    found[(int(level), int(idx))] = bytes(node)
+        finally:
+            cursor.close()
     missing = keys - found.keys()
     if missing:
         raise AuditError(f"the log's stored tree is missing {len(missing)} node(s), e.g. {sorted(missing)[0]}")
