@@ -19,7 +19,9 @@ from audit.note import open_note, parse_checkpoint, parse_verifier_key
 from broker.adapters.orm import AuditActorRow, AuditCheckpointRow, AuditEntryRow, AuditHeadRow, AuditNodeRow
 from broker.services.audit_check import verify_broker_log
 from broker.services.sequencer import Sequencer, SequencerHalted, verifiers
-from tests.oracle.rfc9162 import mth
+from tests.oracle.rfc9162 import mth, root_from_path, roots_from_proof
+from tests.oracle.rfc9162 import path as rfc_path
+from tests.oracle.rfc9162 import proof as rfc_proof
 from tests.support import Env
 
 
@@ -239,12 +241,17 @@ def test_proofs_from_the_api_verify_against_the_signed_checkpoint(env: Env) -> N
         ).get_json()
         path = [base64.b64decode(h) for h in proof["inclusion_path"]]
         verify_inclusion(leaf_hash(rows[index].entry), index, signed.size, path, signed.root)
+        # ... and by the independent, recursive RFC 9162 implementation of the test suite.
+        assert root_from_path(leaf_hash(rows[index].entry), index, signed.size, path) == signed.root
+        assert path == rfc_path(index, [row.entry for row in rows[: signed.size]])
     consistency = env.client.get(
         f"/api/v1/audit/proofs/consistency?first={first_size}&second={signed.size}", headers=headers
     ).get_json()
     path = [base64.b64decode(h) for h in consistency["consistency_path"]]
     old_root = mth([row.entry for row in rows[:first_size]])
     verify_consistency(first_size, signed.size, old_root, signed.root, path)
+    assert roots_from_proof(first_size, signed.size, old_root, path) == (old_root, signed.root)
+    assert path == rfc_proof(first_size, [row.entry for row in rows[: signed.size]])
 
 
 def test_the_audit_api_is_for_dpo_systems_only(env: Env) -> None:
