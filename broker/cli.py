@@ -70,6 +70,14 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from broker.services.keys import rotate_keys
 
     settings = _settings()
+    if args.checkpoint_key:
+        from broker.adapters.keystore import KeyStore
+
+        # The sequencer signs its next checkpoint with the new key; the old one stays in the key set, so the
+        # checkpoints it signed keep verifying (every export's verifier.key lists both).
+        kid = KeyStore.open(settings.keys_path).add_log_key()
+        print(f"new checkpoint signing key {kid}; publish the new verifier key (GET /api/v1/audit/checkpoint)")
+        return 0
     result = rotate_keys(settings, batch_size=args.batch_size)
     print(
         f"new key-encryption key {result.kek_id}; re-wrapped {result.records} records, "
@@ -402,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("init", cmd_keys_init, "create the instance's key store", keys)
     rotate = add("rotate", cmd_keys_rotate, "add a key-encryption key and re-wrap every data key", keys)
     rotate.add_argument("--batch-size", type=int, default=500)
+    rotate.add_argument(
+        "--checkpoint-key", action="store_true", help="instead: add a new key for signing the audit log's checkpoints"
+    )
 
     policy = commands.add_parser("policy", help="policy files").add_subparsers(dest="policy_command", required=True)
     for name, handler, help_text in (

@@ -306,3 +306,30 @@ def test_a_database_restored_from_an_older_copy_is_caught(env: Env, tmp_path: Pa
 
     with pytest.raises(AuditVerificationError, match="rolled back"):
         verify_broker_log(env.broker)
+
+
+def test_after_a_key_rotation_old_and_new_checkpoints_verify_against_the_key_set(env: Env) -> None:
+    _activity(env)
+    Sequencer(env.broker).run_once()
+    old_keys = verifiers(env.broker)
+    env.broker.keys.add_log_key()  # what `broker keys rotate --checkpoint-key` does
+    _activity(env)
+    Sequencer(env.broker).run_once()
+    keys = verifiers(env.broker)
+    assert len(keys) == len(old_keys) + 1
+    with env.broker.uow(write=False) as uow:
+        notes = list(uow.session.scalars(select(AuditCheckpointRow.note).order_by(AuditCheckpointRow.id)))
+    signers = {next(key.key_hash for key in keys if _signed_by(note, key)) for note in notes}
+    assert signers == {old_keys[-1].key_hash, keys[-1].key_hash}  # the new key signs from the rotation on
+    check = verify_broker_log(env.broker)
+    assert check.checkpoints == len(notes)
+
+
+def _signed_by(note: str, key) -> bool:  # type: ignore[no-untyped-def]
+    from audit.errors import AuditError
+
+    try:
+        open_note(note, [key])
+    except AuditError:
+        return False
+    return True
