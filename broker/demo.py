@@ -315,6 +315,7 @@ def _summary(base_url: str, instance: Path, demo: dict[str, Any], *, fresh: bool
 Consent Broker demo {"created" if fresh else "ready (existing instance kept)"} in {instance.name}/
 
   Client portal   {base_url}/portal/   (log in as Mikko, Sari, Elias, Leena — Elias's custodian — or the DPO)
+  DPO workspace   {base_url}/dpo/      (log in as the DPO: search, reports, anomalies, integrity)
   API docs        {base_url}/api/v1/docs
   OpenAPI         {base_url}/api/v1/openapi.json
   OAuth metadata  {base_url}/.well-known/oauth-authorization-server
@@ -325,4 +326,6 @@ Try it — the health centre asks for Mikko's work assessment (permitted by his 
   .venv/bin/python docs/examples/disclose.py varha-health {mikko["person_id"]} work_assessment work_capacity_assessment
 
 Verify the log:  BROKER_MODE=demo .venv/bin/broker audit verify
+Export it and verify the export without the broker:
+  BROKER_MODE=demo .venv/bin/broker audit export log-export && .venv/bin/python -m audit verify log-export
 """
