@@ -1,4 +1,5 @@
-"""Two broker processes on one database, each appending entries from several threads and each running the
+"""Two broker processes on one database, each making disclosure requests (and the other logged calls around
+them) from several threads and each running the
 sequencer thread (issue #5: one sequencer elected with an advisory lock on PostgreSQL, a file lock on SQLite),
 produce one consistent tree: every entry exactly once, indices 0..n-1 with no duplicate or gap, and every
 signed checkpoint a prefix of the same tree."""
@@ -28,7 +29,8 @@ WORKER = textwrap.dedent(
     from broker.app import build_broker
     from broker.config import Settings
     from broker.demo import caller
-    from broker.services import persons
+    from broker.domain.errors import NoLegalBasisError
+    from broker.services import disclosures, persons
     from broker.services.sequencer import SequencerThread
     from broker.domain.hetu import make_hetu
     from datetime import date
@@ -37,14 +39,19 @@ WORKER = textwrap.dedent(
     broker = build_broker(Settings.from_env(audit_batch_size=7, audit_interval=0.05))
     sequencer = SequencerThread(broker)
     sequencer.start()
-    kisalli = caller(broker, "kisalli")
+    kisalli, health = caller(broker, "kisalli"), caller(broker, "varha-health")
 
     def work(thread):
         for n in range(per_thread):
             number = (worker * threads + thread) * per_thread + n
             hetu = make_hetu(date(1950 + number // 300, 1 + number % 12, 1 + number % 28), 900 + number % 100)
             person = persons.resolve_person(broker, kisalli, hetu)
-            persons.start_relationship(broker, kisalli, person)
+            persons.start_relationship(broker, health, person)
+            ask = disclosures.DisclosureAsk(person, "work_assessment", "work_capacity_assessment")
+            try:
+                disclosures.request_disclosure(broker, health, ask)  # no consent: refused, and logged
+            except NoLegalBasisError:
+                pass
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(work, range(threads)))
@@ -85,7 +92,8 @@ def test_two_processes_build_one_tree(env: Env) -> None:
     assert "elected" in roles  # at least one process sequenced; the election makes it one at a time
 
     Sequencer(env.broker).run_once()  # whatever was appended after the last round of the workers' sequencers
-    expected = before + PROCESSES * THREADS * PERSONS_PER_THREAD * 2  # resolve + relationship per person
+    # Per person: resolve, relationship, and the disclosure request (refused without a consent, and logged).
+    expected = before + PROCESSES * THREADS * PERSONS_PER_THREAD * 3
     with env.broker.uow(write=False) as uow:
         indices = list(uow.session.scalars(select(AuditEntryRow.idx).order_by(AuditEntryRow.id)))
         sizes = list(uow.session.scalars(select(AuditCheckpointRow.size).order_by(AuditCheckpointRow.id)))
