@@ -155,53 +155,71 @@ class Sequencer:
     # -- integration -------------------------------------------------------------------------------------------
 
     def integrate_batch(self, now: datetime) -> BatchResult:
-        """Give up to one batch of pending entries their positions and sign a checkpoint of the new tree."""
+        """Give up to one batch of pending entries their positions and sign a checkpoint of the new tree.
+
+        The batch is read and computed — final bytes, leaf and subtree hashes, the signed checkpoint — in a read
+        transaction, and only written in the write transaction: on SQLite every disclosure waits while the
+        write lock is held, so the hashing and signing stay outside it (docs/benchmarks.md). Only the sequencer
+        gives positions, and the write moves the head only from the size that was read (checked again under
+        the row lock), so nothing can come between the two."""
+        with self.broker.uow(write=False) as uow:
+            head = read_head(uow)
+            pending = _PENDING.rows(uow.session, {"limit": self.batch_size}) if head is not None else []
+        if head is None:
+            self._start_log(now)
+            return self.integrate_batch(now)
+        frontier = Frontier.from_bytes(head.size, bytes(head.frontier))
+        old_size = frontier.size
+        if not pending:
+            return BatchResult(0, old_size, frontier.root())
+        placed: list[dict[str, Any]] = []
+        nodes: list[dict[str, Any]] = []
+        for entry_id, data, split in pending:
+            index = frontier.size
+            final = place_index(bytes(data), split, index)
+            leaf = sha256(b"\x00" + final).digest()  # RFC 9162 §2.1.1 leaf hash
+            for level, idx, node in frontier.append_collect(leaf):
+                nodes.append({"level": level, "idx": idx, "hash": node})
+            placed.append({"entry_id": entry_id, "idx": index, "final": final, "leaf": leaf})
+        root = frontier.root()
+        note = self._note(frontier.size, root)
         with self.broker.uow() as uow:
             session = uow.session
-            head = read_head(uow, for_update=True)
-            if head is None:
-                frontier = Frontier.empty()
-                _INSERT_HEAD.execute(
-                    session, {"id": HEAD_ID, "size": 0, "frontier": b"", "root": frontier.root(), "exported_size": None}
-                )
-            else:
-                frontier = Frontier.from_bytes(head.size, bytes(head.frontier))
-            old_size = frontier.size
-            pending = _PENDING.rows(session, {"limit": self.batch_size})
-            if not pending:
-                if head is None:  # a new log: its first checkpoint is of the empty tree (RFC 9162 §2.1.1)
-                    self._sign(uow, 0, frontier.root(), now)
-                    uow.commit()
-                return BatchResult(0, old_size, frontier.root())
-            placed: list[dict[str, Any]] = []
-            nodes: list[dict[str, Any]] = []
-            for entry_id, data, split in pending:
-                index = frontier.size
-                final = place_index(bytes(data), split, index)
-                leaf = sha256(b"\x00" + final).digest()  # RFC 9162 §2.1.1 leaf hash
-                for level, idx, node in frontier.append_collect(leaf):
-                    nodes.append({"level": level, "idx": idx, "hash": node})
-                placed.append({"entry_id": entry_id, "idx": index, "final": final, "leaf": leaf})
+            current = read_head(uow, for_update=True)
+            if current is None or current.size != old_size:  # another sequencer got there first
+                raise RuntimeError("the audit log head moved during sequencing")
             session.execute(_PLACE, placed)
             if nodes:
                 session.execute(insert(_NODES), nodes)
-            root = frontier.root()
             moved = _MOVE_HEAD.execute(
                 session, {"old_size": old_size, "size": frontier.size, "frontier": frontier.to_bytes(), "root": root}
             )
-            if moved.rowcount != 1:  # another sequencer moved the head: never give two entries one index
+            if moved.rowcount != 1:  # never give two entries one index
                 raise RuntimeError("the audit log head moved during sequencing")
-            self._sign(uow, frontier.size, root, now)
+            self._store_checkpoint(uow, frontier.size, root, note, now)
             uow.commit()
         return BatchResult(len(pending), frontier.size, root)
 
-    def _sign(self, uow: UnitOfWork, size: int, root: bytes, now: datetime) -> str:
+    def _start_log(self, now: datetime) -> None:
+        """A new log: the head, and a first checkpoint of the empty tree (RFC 9162 §2.1.1: MTH({}) = SHA-256())."""
+        empty = Frontier.empty()
+        with self.broker.uow() as uow:
+            if read_head(uow, for_update=True) is None:
+                _INSERT_HEAD.execute(
+                    uow.session,
+                    {"id": HEAD_ID, "size": 0, "frontier": b"", "root": empty.root(), "exported_size": None},
+                )
+                self._store_checkpoint(uow, 0, empty.root(), self._note(0, empty.root()), now)
+                uow.commit()
+
+    def _note(self, size: int, root: bytes) -> str:
         key = self.broker.keys.current_log_key()
-        note = sign_note(format_checkpoint(self.origin, size, root), self.origin, key.private_key)
+        return sign_note(format_checkpoint(self.origin, size, root), self.origin, key.private_key)
+
+    def _store_checkpoint(self, uow: UnitOfWork, size: int, root: bytes, note: str, now: datetime) -> None:
         _INSERT_CHECKPOINT.execute(
             uow.session, {"size": size, "root": root, "note": note, "signed_at": now, "exported_at": None}
         )
-        return note
 
     # -- export ------------------------------------------------------------------------------------------------
 
