@@ -15,7 +15,7 @@ import fcntl
 import os
 import threading
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,31 @@ class Prepared:
     def execute(self, session: Session | Connection, params: Mapping[str, Any] | None = None) -> Any:
         """Run the statement in `session`'s transaction; return the driver cursor (for `rowcount`)."""
         return self._run(session, params or {})[0]
+
+    def execute_many(self, session: Session | Connection, params: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement once per parameter set with the driver's `executemany`: the sequencer's batch of
+        UPDATEs and INSERTs, written while the SQLite write lock is held. Every set must have the same keys."""
+        if not params:
+            return
+        connection = session.connection() if isinstance(session, Session) else session
+        dialect = connection.dialect
+        keys = frozenset(params[0]) if isinstance(self.statement, Insert) else None
+        compiled = self._cache.get((dialect.name, keys)) or self._compile(dialect, keys)
+        rows = []
+        for one in params:
+            values = {**compiled.defaults, **one}
+            for name, process in compiled.binds.items():
+                values[name] = process(values[name])
+            rows.append(values if compiled.positional is None else tuple(values[n] for n in compiled.positional))
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        cursor = driver.cursor()
+        try:
+            cursor.executemany(compiled.sql, rows)
+        except dialect.loaded_dbapi.Error as error:
+            raise DBAPIError.instance(compiled.sql, rows[0], error, dialect.loaded_dbapi.Error) from error
+        finally:
+            cursor.close()
 
     def rows(self, session: Session | Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Run a SELECT in `session`'s transaction; every row as a named tuple of converted values."""

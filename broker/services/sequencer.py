@@ -77,11 +77,12 @@ _PENDING = Prepared(
     .order_by(_ENTRIES.c.id)
     .limit(bindparam("limit"))
 )
-_PLACE = (
+_PLACE = Prepared(
     update(_ENTRIES)
     .where(_ENTRIES.c.id == bindparam("entry_id"), _ENTRIES.c.idx.is_(None))
     .values(idx=bindparam("idx"), entry=bindparam("final"), split=None, leaf_hash=bindparam("leaf"))
 )
+_INSERT_NODE = Prepared(insert(_NODES))
 _INSERT_CHECKPOINT = Prepared(insert(_CHECKPOINTS).returning(_CHECKPOINTS.c.id))
 _EXPORTED = (
     update(_HEAD)
@@ -188,9 +189,8 @@ class Sequencer:
             current = read_head(uow, for_update=True)
             if current is None or current.size != old_size:  # another sequencer got there first
                 raise RuntimeError("the audit log head moved during sequencing")
-            session.execute(_PLACE, placed)
-            if nodes:
-                session.execute(insert(_NODES), nodes)
+            _PLACE.execute_many(session, placed)
+            _INSERT_NODE.execute_many(session, nodes)
             moved = _MOVE_HEAD.execute(
                 session, {"old_size": old_size, "size": frontier.size, "frontier": frontier.to_bytes(), "root": root}
             )
