@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
 
-from audit import Frontier
+from audit import EMPTY_ROOT, Frontier
 from audit.entry import place_index
 from audit.errors import AuditError
 from audit.note import (
@@ -275,15 +275,18 @@ class Sequencer:
                     f"the database's log has {size} entries but a checkpoint of {exported.size} was exported: "
                     "the database was rolled back or truncated"
                 )
-            root = bytes(head.root) if head else b""
+            root = bytes(head.root) if head else EMPTY_ROOT
             if exported.size == size:
                 consistent = exported.root == root
+            elif exported.size == 0:  # every tree extends the empty one (RFC 9162 §2.1.4 needs 0 < first)
+                consistent = exported.root == EMPTY_ROOT
             else:
-                proof = consistency_proof(exported.size, size, load_nodes(uow, consistency_nodes(exported.size, size)))
                 try:
+                    nodes = load_nodes(uow, consistency_nodes(exported.size, size))
+                    proof = consistency_proof(exported.size, size, nodes)
                     verify_consistency(exported.size, size, exported.root, root, proof)
                     consistent = True
-                except AuditError:
+                except AuditError:  # a proof that fails, or stored hashes that are missing
                     consistent = False
         if not consistent:
             self._checked_sink = False

@@ -333,3 +333,12 @@ def _signed_by(note: str, key) -> bool:  # type: ignore[no-untyped-def]
     except AuditError:
         return False
     return True
+
+
+def test_a_log_whose_sink_holds_only_the_empty_checkpoint_goes_on(env: Env) -> None:
+    Sequencer(env.broker).run_once()  # a new log: the checkpoint of the empty tree is exported
+    _activity(env)
+    sequencer = Sequencer(env.broker)  # as after a restart: checks the database against the sink first
+    sequencer.integrate_batch(env.clock.now())
+    sequencer.check_against_sink()
+    assert sequencer.run_once().exported
