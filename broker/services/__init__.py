@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 from broker.adapters.database import Database
 from broker.adapters.keystore import KeyStore
@@ -24,6 +25,8 @@ class Broker:
     clock: Clock
     # Organisation id → type; types never change once registered (see persons.organisation_type).
     org_types: dict[str, str] = field(default_factory=dict)
+    # Small per-process caches that belong to this broker (e.g. when the log was last anchored, sequencer.py).
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def uow(self, *, write: bool = True) -> UnitOfWork:
         return UnitOfWork(self.db, write=write)

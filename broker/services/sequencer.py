@@ -248,7 +248,7 @@ class Sequencer:
             )
             uow.session.execute(_EXPORTED, {"exported_size": newest.size, "exported_at": now})
             uow.commit()
-        _gate_cache.clear()
+        self.broker.runtime.pop(_GATE, None)
         return True
 
     def check_against_sink(self) -> None:
@@ -361,7 +361,7 @@ def load_nodes(uow: UnitOfWork, wanted: Any) -> dict[tuple[int, int], bytes]:
 
 # -- the fail-closed gate ----------------------------------------------------------------------------------------
 
-_gate_cache: dict[int, tuple[datetime, datetime | None]] = {}
+_GATE = "audit_anchored"  # broker.runtime key: (when read, the export time read)
 _GATE_TTL = timedelta(seconds=1)
 
 
@@ -374,13 +374,13 @@ def require_anchored(broker: Broker, uow: UnitOfWork) -> None:
     if window is None:
         return
     now = broker.clock.now()
-    cached = _gate_cache.get(id(broker))
+    cached = broker.runtime.get(_GATE)
     if cached is not None and now - cached[0] < _GATE_TTL and now >= cached[0]:
         exported_at = cached[1]
     else:
         head = read_head(uow)
         exported_at = _aware(head.exported_at) if head is not None and head.exported_at is not None else None
-        _gate_cache[id(broker)] = (now, exported_at)
+        broker.runtime[_GATE] = (now, exported_at)
     if exported_at is None or now - exported_at > timedelta(seconds=window):
         raise AuditUnavailable(
             "the audit log's checkpoints have not reached their store outside the database recently; "
