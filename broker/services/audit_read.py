@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Select, select
 
+from audit.errors import AuditError
 from audit.proofs import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
 from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow
 from broker.adapters.uow import UnitOfWork
@@ -24,7 +25,7 @@ from broker.domain.errors import InvalidRequestError, NotFoundError
 from broker.domain.model import Caller
 from broker.services import Broker
 from broker.services.audit_log import append_entry
-from broker.services.sequencer import load_nodes, origin_of, read_head, verifier_keys
+from broker.services.sequencer import load_nodes, load_nodes_and_size, origin_of, read_head, verifier_keys
 
 MAX_PAGE = 500
 
@@ -66,14 +67,19 @@ def _tree_size(uow: UnitOfWork) -> int:
 
 
 def inclusion(broker: Broker, index: int, tree_size: int) -> dict[str, Any]:
+    if tree_size < 1:
+        raise InvalidRequestError("tree_size must be at least 1", field="tree_size")
+    if index < 0 or index >= tree_size:
+        raise InvalidRequestError(f"index must be between 0 and tree_size - 1 ({tree_size - 1})", field="index")
+    wanted = [*inclusion_nodes(index, tree_size), (0, index)]
     with broker.uow(write=False) as uow:
-        size = _tree_size(uow)
-        if tree_size < 1 or tree_size > size:
-            raise InvalidRequestError(f"tree_size must be between 1 and {size}, the log's size", field="tree_size")
-        if index < 0 or index >= tree_size:
-            raise InvalidRequestError(f"index must be between 0 and tree_size - 1 ({tree_size - 1})", field="index")
-        nodes = load_nodes(uow, [*inclusion_nodes(index, tree_size), (0, index)])
-        proof = inclusion_proof(index, tree_size, nodes)
+        # The hashes and the log's size in one statement; the size is checked before the hashes are used.
+        nodes, size = load_nodes_and_size(uow, wanted)
+    if tree_size > size:
+        raise InvalidRequestError(f"tree_size must be between 1 and {size}, the log's size", field="tree_size")
+    if any(node not in nodes for node in wanted):
+        raise AuditError("the log's stored tree is missing nodes of this proof")
+    proof = inclusion_proof(index, tree_size, nodes)
     return {
         "index": index,
         "tree_size": tree_size,

@@ -315,9 +315,19 @@ class Sequencer:
 
 def load_nodes(uow: UnitOfWork, wanted: Any) -> dict[tuple[int, int], bytes]:
     """Fetch the stored hashes for (level, index) pairs: level 0 from the entries' leaf hashes, the rest from
-    audit_nodes. A few dozen keys at most (O(log n)), read in one statement.
+    audit_nodes. A few dozen keys at most (O(log n)), read in one statement. Raises AuditError if any is missing."""
+    found, _size = load_nodes_and_size(uow, wanted)
+    missing = {(int(level), int(idx)) for level, idx in wanted} - found.keys()
+    if missing:
+        raise AuditError(f"the log's stored tree is missing {len(missing)} node(s), e.g. {sorted(missing)[0]}")
+    return found
 
-    The statements go to the driver's cursor as plain SQL with one placeholder per key: building the same
+
+def load_nodes_and_size(uow: UnitOfWork, wanted: Any) -> tuple[dict[tuple[int, int], bytes], int]:
+    """The stored hashes that exist among `wanted`, and the tree's size from the head (0 for a new log), in one
+    statement: a proof on PostgreSQL is then one round trip inside its read transaction.
+
+    The statement goes to the driver's cursor as plain SQL with one placeholder per key: building the same
     query as a SQLAlchemy expression (an IN and an OR per level) cost most of an inclusion proof's time
     (docs/benchmarks.md, "Audit log"). Only integers are bound."""
     keys = {(int(level), int(idx)) for level, idx in wanted}
@@ -330,7 +340,8 @@ def load_nodes(uow: UnitOfWork, wanted: Any) -> dict[tuple[int, int], bytes]:
     mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
     driver = connection.connection.driver_connection
     assert driver is not None
-    parts, params = [], []
+    # The head's size travels as a row of level -1 (its hash column NULL).
+    parts, params = [f"SELECT -1, size, NULL FROM audit_head WHERE id = {mark}"], [HEAD_ID]  # noqa: S608
     if leaves:
         marks = ", ".join([mark] * len(leaves))
         parts.append(f"SELECT 0, idx, leaf_hash FROM audit_entries WHERE idx IN ({marks})")  # noqa: S608
@@ -343,20 +354,19 @@ def load_nodes(uow: UnitOfWork, wanted: Any) -> dict[tuple[int, int], bytes]:
         where = " OR ".join(clauses)
         parts.append(f"SELECT level, idx, hash FROM audit_nodes WHERE {where}")  # noqa: S608
     found: dict[tuple[int, int], bytes] = {}
-    if parts:
-        cursor = driver.cursor()
-        try:
-            # One round trip for both tables. Only placeholders are put into the text; every value is bound.
-            cursor.execute(" UNION ALL ".join(parts), params)
-            for level, idx, node in cursor.fetchall():
-                if node is not None:
-                    found[(int(level), int(idx))] = bytes(node)
-        finally:
-            cursor.close()
-    missing = keys - found.keys()
-    if missing:
-        raise AuditError(f"the log's stored tree is missing {len(missing)} node(s), e.g. {sorted(missing)[0]}")
-    return found
+    size = 0
+    cursor = driver.cursor()
+    try:
+        # Only placeholders are put into the text; every value is bound.
+        cursor.execute(" UNION ALL ".join(parts), params)
+        for level, idx, node in cursor.fetchall():
+            if level == -1:
+                size = int(idx)
+            elif node is not None:
+                found[(int(level), int(idx))] = bytes(node)
+    finally:
+        cursor.close()
+    return found, size
 
 
 # -- the fail-closed gate ----------------------------------------------------------------------------------------

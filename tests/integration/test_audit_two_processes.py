@@ -1,7 +1,7 @@
 """Two broker processes on one database, each making disclosure requests (and the logged calls around them)
 from several threads and each running the sequencer thread (issue #5: one sequencer elected with an advisory
-lock on PostgreSQL, a file lock on SQLite), produce one consistent tree: every entry exactly once, indices 0..n-1 with no duplicate or gap, and every
-signed checkpoint a prefix of the same tree."""
+lock on PostgreSQL, a file lock on SQLite), produce one consistent tree: every entry exactly once, indices
+0..n-1 with no duplicate or gap, and every signed checkpoint a prefix of the same tree."""
 
 from __future__ import annotations
 
