@@ -42,9 +42,64 @@ test-integration: $(STAMP) $(MO) ## integration tests (SQLite, and PostgreSQL wh
 test-e2e: $(STAMP) $(MO) ## end-to-end tests against a served broker
 	$(BIN)/pytest -q tests/e2e
 
-lint: $(STAMP) ## ruff, and mypy on the pure packages
+# bandit scans the shipped packages ([tool.bandit] in pyproject.toml: tests/ and bench/ are excluded, B101 skipped).
+BANDIT_PATHS := broker policies schemas audit
+
+# pip-audit's default vulnerability service is PyPI's JSON API, asked about one release at a time. A mirror that
+# serves the package index but not that API makes pip-audit skip every package and still print "No known
+# vulnerabilities found": hence this probe (it asks about the installed pip) and --strict (a package that could not
+# be checked fails the audit).
+define PIP_AUDIT_PROBE
+import json, sys, urllib.request
+from importlib.metadata import version
+url = f"https://pypi.org/pypi/pip/{version('pip')}/json"
+try:
+    answer = json.load(urllib.request.urlopen(url, timeout=20))
+except Exception as error:
+    sys.exit(f"pip-audit: {url}: {error}")
+if "vulnerabilities" not in answer:
+    sys.exit(f"pip-audit: {url}: the answer has no vulnerabilities")
+endef
+export PIP_AUDIT_PROBE
+
+# pip-audit's JSON report: every known vulnerability is listed; the audit fails on those a newer release fixes.
+define PIP_AUDIT_REPORT
+import json, sys
+report = json.load(sys.stdin)
+found = [(d["name"], d["version"], v) for d in report["dependencies"] for v in d.get("vulns", [])]
+for name, installed, vuln in found:
+    fix = "fixed in " + ", ".join(vuln["fix_versions"]) if vuln["fix_versions"] else "no fix released"
+    print(f"  {name} {installed}: {vuln['id']} ({fix})")
+fixable = sum(1 for *_, vuln in found if vuln["fix_versions"])
+print(f"pip-audit: {len(report['dependencies'])} packages, {len(found)} known vulnerabilities, {fixable} with a fix")
+sys.exit(1 if fixable else 0)
+endef
+export PIP_AUDIT_REPORT
+
+lint: $(STAMP) ## ruff, mypy (pure packages), bandit, pip-audit (BROKER_LINT_OFFLINE=1: skip it offline)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	@echo "bandit: every finding, any severity (informational):"
+	@$(BIN)/bandit -q -c pyproject.toml -r $(BANDIT_PATHS) --exit-zero -f custom \
+		--msg-template '  {relpath}:{line}: {test_id} [{severity}/{confidence}] {msg}'
+	$(BIN)/bandit -q -c pyproject.toml -r $(BANDIT_PATHS) --severity-level high
+	@echo "bandit: no high-severity findings"
+	@if $(BIN)/python -c "$$PIP_AUDIT_PROBE"; then \
+		out=$$(mktemp); \
+		echo "$(BIN)/pip-audit --strict --skip-editable"; \
+		$(BIN)/pip-audit --strict --skip-editable --progress-spinner off --format json --output $$out \
+			|| [ -s $$out ] || { rm -f $$out; exit 1; }; \
+		$(BIN)/python -c "$$PIP_AUDIT_REPORT" < $$out; status=$$?; rm -f $$out; exit $$status; \
+	elif [ "$$BROKER_LINT_OFFLINE" = 1 ]; then \
+		echo "pip-audit: SKIPPED (BROKER_LINT_OFFLINE=1): its vulnerability service cannot be reached from here,"; \
+		echo "           so the installed packages were NOT checked for known vulnerabilities."; \
+	else \
+		echo "pip-audit: cannot reach its vulnerability service (PyPI's JSON API, pypi.org/pypi/<name>/<version>/json),"; \
+		echo "           so the installed packages cannot be checked for known vulnerabilities. Run make lint where"; \
+		echo "           it can, or set BROKER_LINT_OFFLINE=1 to skip this step (with this warning)."; \
+		exit 1; \
+	fi
 
 format: $(STAMP) ## format the code with ruff
 	$(BIN)/ruff format .

@@ -173,13 +173,26 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
                 record_policy_version(broker)
                 policy_recorded = True
 
+    # HSTS only where the broker is reached over https (production requires an https issuer): a browser ignores the
+    # header over plain http anyway (RFC 6797 §8.1), and a development host must not be pinned to https by it.
+    hsts = settings.issuer.startswith("https://")
+
     @app.after_request
     def _headers(response: Response) -> Response:
+        """Every response, errors and redirects included (Flask runs this hook for an error handler's response too);
+        docs/security.md, "Headers"."""
         response.headers["X-Request-Id"] = g.get("request_id", "")
+        # OWASP ASVS 5.0 V14.3.2: nothing about a person may stay in a browser or shared cache (RFC 9111 §5.2.2.5).
+        # A view may ask for caching only for what is public and the same for everyone: the OAuth metadata and JWKS,
+        # and the portal's stylesheet and script (its static files), which hold no personal data.
         response.headers.setdefault("Cache-Control", "no-store")
-        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Content-Type-Options"] = "nosniff"  # OWASP ASVS 5.0 V3.4.4
+        # OWASP ASVS 5.0 V3.4.6: no framing, on every response; pages that need more set their own full policy,
+        # which always keeps frame-ancestors 'none' (broker/http/portal/security.py).
         response.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "no-referrer"  # OWASP ASVS 5.0 V3.4.5
+        if hsts:  # OWASP ASVS 5.0 V3.4.1: a year, subdomains included (RFC 6797 §6.1)
+            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         return response
 
     @app.get("/healthz")

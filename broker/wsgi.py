@@ -1,15 +1,23 @@
 """Serving under gunicorn. Each worker builds its own application (no preloading), so that no database
-connection or file lock crosses a fork."""
+connection or file lock crosses a fork. Application logs are JSON lines on stderr (broker/logs.py)."""
 
 from __future__ import annotations
 
 import gc
+import logging
 from typing import Any
 
+import gunicorn.http.wsgi
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from broker.config import Settings
+from broker.logs import configure_logging
+
+# What gunicorn puts in its `Server` header instead of its own name. RFC 9110 §10.2.4 lets an origin server send
+# a product token and warns that detail in it helps an attacker pick an exploit (OWASP ASVS 5.0 V13.4.6: no version
+# information of backend components); gunicorn always sends the field, and an empty one is not a valid field value.
+SERVER_PRODUCT = "broker"
 
 
 class BrokerServer(BaseApplication):  # type: ignore[misc]
@@ -25,10 +33,26 @@ class BrokerServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Flask:
         from broker.app import create_app
 
+        prepare_serving()
         app = create_app(self._settings)
         start_sequencer(app)
         _freeze_startup_objects()
         return app
+
+
+def prepare_serving() -> None:
+    """What a served process needs before its app is built: JSON logs (first, so that Flask adds no handler of its
+    own), and no `Server: gunicorn` banner."""
+    configure_logging(logging.INFO)
+    hide_server_banner()
+
+
+def hide_server_banner() -> None:
+    """gunicorn writes `Server: gunicorn` itself, before the application's headers, and has no setting to change it
+    (benoitc/gunicorn#825, declined): a WSGI middleware could only add a second `Server` field. Its response object
+    reads the module-level `SERVER` name for each response, so that name is replaced. If a gunicorn release moves it,
+    tests/integration/test_headers_and_logs.py fails (a banner is not worth refusing to start over)."""
+    gunicorn.http.wsgi.SERVER = SERVER_PRODUCT
 
 
 def start_sequencer(app: Flask) -> None:
@@ -71,6 +95,7 @@ def app() -> Flask:
     """`gunicorn 'broker.wsgi:app()'` — settings from the environment."""
     from broker.app import create_app
 
+    prepare_serving()
     application = create_app(Settings.from_env())
     start_sequencer(application)
     _freeze_startup_objects()

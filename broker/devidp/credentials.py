@@ -32,12 +32,12 @@ from broker.domain.errors import ConfigurationError
 
 FOLDER = "dev-idp"
 SIGNING_KEY_FILE = "signing-key.jwk"
-SECRET_FILE = "secret.json"  # noqa: S105 — a file name
+SECRET_FILE = "secret.json"  # noqa: S105  # nosec B105  # a file name
 PORTAL_CLIENT_FILE = "portal-client.json"
 PORTAL_CLIENT_ID = "portal"
 PORTAL_CALLBACK_PATH = "/portal/auth/callback"
 #: The one client authentication method the IdP accepts at its token endpoint (RFC 6749 §2.3.1).
-TOKEN_ENDPOINT_AUTH_METHOD = "client_secret_basic"  # noqa: S105 — a method name (RFC 7591 §2)
+TOKEN_ENDPOINT_AUTH_METHOD = "client_secret_basic"  # noqa: S105  # nosec B105  # a method name (RFC 7591 §2)
 _POSIX = os.name == "posix"
 
 

@@ -49,12 +49,12 @@ if TYPE_CHECKING:
 
     from broker.services import Broker
 
-ID_TOKEN_ALG = "Ed25519"  # noqa: S105 — an algorithm name
+ID_TOKEN_ALG = "Ed25519"  # noqa: S105  # nosec B105  # an algorithm name
 ID_TOKEN_TTL = 300
 #: OpenID Connect Core 1.0 §2: "0" says the authentication did not meet ISO/IEC 29115 level 1 — true of a
 #: persona picked from a list, and never mistaken for a real level of assurance.
 ACR = "0"
-ACCESS_TOKEN_PREFIX = "devidp_at_"  # noqa: S105 — the recognisable prefix, not a secret
+ACCESS_TOKEN_PREFIX = "devidp_at_"  # noqa: S105  # nosec B105  # the recognisable prefix, not a secret
 CODE_PREFIX = "devidp_ac_"
 MAX_NONCE_LENGTH = 200  # the column's width; OpenID Connect sets no limit, a browser URL does
 

@@ -1,7 +1,7 @@
 """One error shape for the whole HTTP surface: RFC 9457 `application/problem+json` with a stable `code`.
 
 No handler ever shows a stack trace; an unexpected error is logged with the request id and answered with a
-plain 500 problem.
+plain 500 problem (OWASP ASVS 5.0 V16.5.1, a generic message; V16.5.4, a last-resort handler).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from flask import Flask, Response, g, json
 from werkzeug.exceptions import HTTPException
 
 from broker.domain.errors import BrokerError
+from broker.logs import stack
 
 log = logging.getLogger("broker.http")
 
@@ -109,5 +110,15 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        log.exception("unhandled error", extra={"request_id": getattr(g, "request_id", None)})
+        # Logged by type and stack frames, without `exc_info`: the exception's message may echo an input (an
+        # identity code, record content), and every handler — not only broker/logs.py's — would print it.
+        log.error(
+            "unhandled error",
+            extra={
+                "request_id": getattr(g, "request_id", None),
+                "error": type(error).__qualname__,
+                "stack": stack(error.__traceback__),
+            },
+        )
+        # Nothing of the exception reaches the client: a fixed title and detail, and the request id to quote.
         return problem(500, "internal_error", "Internal error", "the broker could not complete the request")

@@ -7,7 +7,7 @@ from typing import Any
 from broker.domain.model import SCOPES
 from broker.oauth.assertion import SIGNING_ALGORITHMS
 
-TOKEN_PATH = "/oauth/token"  # noqa: S105 — a path, not a password
+TOKEN_PATH = "/oauth/token"  # noqa: S105  # nosec B105  # a path, not a password
 REVOCATION_PATH = "/oauth/revoke"
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 JWKS_PATH = "/.well-known/jwks.json"

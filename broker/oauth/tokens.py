@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from broker.services import Broker
 
 GRANT_TYPE = "client_credentials"
-TOKEN_PREFIX = "cbat_"  # noqa: S105 — the recognisable prefix, not a secret
+TOKEN_PREFIX = "cbat_"  # noqa: S105  # nosec B105  # the recognisable prefix, not a secret
+TOKEN_TYPE = "Bearer"  # noqa: S105  # nosec B105  # the token type (RFC 6750 §4), not a secret
 # `secrets.token_urlsafe(32)` gives 43 characters of the URL-safe alphabet.
 TOKEN_PATTERN = re.compile(r"cbat_[A-Za-z0-9_-]{43}")
 #: Hex characters of the token hash handed to the audit hook: enough to correlate, never the whole hash.
@@ -79,7 +80,7 @@ class IssuedToken:
         """The successful token response, RFC 6749 §5.1. No refresh token: partners authenticate again."""
         return {
             "access_token": self.access_token,
-            "token_type": "Bearer",
+            "token_type": TOKEN_TYPE,
             "expires_in": self.expires_in,
             "scope": self.scope,
         }

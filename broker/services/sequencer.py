@@ -341,10 +341,12 @@ def load_nodes_and_size(uow: UnitOfWork, wanted: Any) -> tuple[dict[tuple[int, i
     driver = connection.connection.driver_connection
     assert driver is not None
     # The head's size travels as a row of level -1 (its hash column NULL).
-    parts, params = [f"SELECT -1, size, NULL FROM audit_head WHERE id = {mark}"], [HEAD_ID]  # noqa: S608
+    parts, params = [f"SELECT -1, size, NULL FROM audit_head WHERE id = {mark}"], [HEAD_ID]  # noqa: S608  # nosec B608  # only placeholders
     if leaves:
-        marks = ", ".join([mark] * len(leaves))
-        parts.append(f"SELECT 0, idx, leaf_hash FROM audit_entries WHERE idx IN ({marks})")  # noqa: S608
+        # The parentheses go with the placeholders: a lone ")" part in the f-string below makes bandit warn that the
+        # suppression on that line matched nothing. The text sent is the same.
+        marks = "(" + ", ".join([mark] * len(leaves)) + ")"
+        parts.append(f"SELECT 0, idx, leaf_hash FROM audit_entries WHERE idx IN {marks}")  # noqa: S608  # nosec B608
         params += leaves
     if by_level:
         clauses = []
@@ -352,7 +354,7 @@ def load_nodes_and_size(uow: UnitOfWork, wanted: Any) -> tuple[dict[tuple[int, i
             clauses.append(f"(level = {mark} AND idx IN ({', '.join([mark] * len(ids))}))")
             params += [level, *ids]
         where = " OR ".join(clauses)
-        parts.append(f"SELECT level, idx, hash FROM audit_nodes WHERE {where}")  # noqa: S608
+        parts.append(f"SELECT level, idx, hash FROM audit_nodes WHERE {where}")  # noqa: S608  # nosec B608  # placeholders only, see above
     found: dict[tuple[int, int], bytes] = {}
     size = 0
     cursor = driver.cursor()

@@ -17,6 +17,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
 
@@ -129,6 +130,11 @@ def change_any_field(db: sqlite3.Connection, _: Pristine, data: st.DataObject) -
     column = data.draw(st.sampled_from(columns), label="column")
     (value,) = db.execute(f"SELECT {column} FROM {table} WHERE {key} = ?", (target,)).fetchone()
     new = _other(value, data)
+    if column == "logged_at":
+        # A time is stored as text; a flipped bit can leave a spelling that reads back as the same instant
+        # (a fraction of ".000000" cut off), which changes nothing the broker knows. Move the time instead.
+        moved = datetime.fromisoformat(value) + timedelta(microseconds=data.draw(st.integers(1, 10**9), label="us"))
+        new = moved.isoformat(sep=" ", timespec="microseconds")
     if table == "audit_entries" and column == "idx" and new is not None:
         new = int(new) if int(new) >= 0 else 10**6
     if new == value:

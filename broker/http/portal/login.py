@@ -34,6 +34,7 @@ from broker.domain.errors import ConfigurationError
 
 CLIENT_NAME = "login"
 SCOPE = "openid profile personal_identity_code"
+TOKEN_ENDPOINT_AUTH_METHOD = "client_secret_basic"  # noqa: S105  # nosec B105  # a method name (RFC 7591 §2)
 #: Back-channel calls to a real provider give up after this many seconds.
 TIMEOUT = 10
 
@@ -127,7 +128,7 @@ def init_login(app: Flask, settings: Settings) -> Provider:
             "client_kwargs": {
                 "scope": SCOPE,
                 "code_challenge_method": "S256",
-                "token_endpoint_auth_method": "client_secret_basic",
+                "token_endpoint_auth_method": TOKEN_ENDPOINT_AUTH_METHOD,
                 "default_timeout": TIMEOUT,
             },
         }
