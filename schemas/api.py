@@ -252,9 +252,13 @@ class CheckpointSchema(StrictSchema):
     verifier_keys = fields.List(fields.String(), metadata={"description": "note verifier keys, oldest first"})
 
 
+# Tree sizes and indices are stored as signed 64-bit integers (PostgreSQL bigint, SQLite INTEGER).
+MAX_INDEX = 2**63 - 1
+
+
 class InclusionQuerySchema(StrictSchema):
-    index = fields.Integer(required=True, validate=validate.Range(min=0))
-    tree_size = fields.Integer(required=True, validate=validate.Range(min=1))
+    index = fields.Integer(required=True, validate=validate.Range(min=0, max=MAX_INDEX))
+    tree_size = fields.Integer(required=True, validate=validate.Range(min=1, max=MAX_INDEX))
 
 
 class InclusionProofSchema(StrictSchema):
@@ -265,8 +269,8 @@ class InclusionProofSchema(StrictSchema):
 
 
 class ConsistencyQuerySchema(StrictSchema):
-    first = fields.Integer(required=True, validate=validate.Range(min=1))
-    second = fields.Integer(required=True, validate=validate.Range(min=1))
+    first = fields.Integer(required=True, validate=validate.Range(min=1, max=MAX_INDEX))
+    second = fields.Integer(required=True, validate=validate.Range(min=1, max=MAX_INDEX))
 
 
 class ConsistencyProofSchema(StrictSchema):
@@ -285,7 +289,7 @@ class EntryQuerySchema(StrictSchema):
     basis_kind = fields.String(validate=validate.Length(min=1, max=20))
     since = fields.AwareDateTime()
     until = fields.AwareDateTime()
-    entry_id = fields.Integer(validate=validate.Range(min=1))
+    entry_id = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX))
     cursor = fields.String(validate=validate.Regexp(r"^[0-9]{1,19}$", error="not a cursor from a previous page"))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
 

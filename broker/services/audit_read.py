@@ -18,7 +18,7 @@ from sqlalchemy import Select, select
 
 from audit.errors import AuditError
 from audit.proofs import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
-from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow
+from broker.adapters.orm import AuditActorRow, AuditCheckpointRow, AuditEntryRow
 from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
 from broker.domain.errors import InvalidRequestError, NotFoundError
@@ -49,16 +49,6 @@ def latest_checkpoint(broker: Broker) -> dict[str, Any]:
     view["verifier_keys"] = verifier_keys(broker)
     view["exported_at"] = utc(head.exported_at) if head is not None and head.exported_at is not None else None
     return view
-
-
-def checkpoint_for_size(uow: UnitOfWork, size: int) -> dict[str, Any] | None:
-    row = uow.session.execute(
-        select(AuditCheckpointRow)
-        .where(AuditCheckpointRow.size == size)
-        .order_by(AuditCheckpointRow.id.desc())
-        .limit(1)
-    ).scalar()
-    return _checkpoint_view(row) if row is not None else None
 
 
 def _tree_size(uow: UnitOfWork) -> int:
@@ -132,8 +122,6 @@ def entry_view(row: Any) -> dict[str, Any]:
 
 
 def filtered(query: EntryQuery) -> Select[Any]:
-    from broker.adapters.orm import AuditActorRow
-
     stmt = select(AuditEntryRow)
     columns = {
         "person_id": AuditEntryRow.person_id,
@@ -186,6 +174,8 @@ def search_entries(broker: Broker, caller: Caller | None, query: EntryQuery) -> 
 
 
 def entry_at(broker: Broker, caller: Caller | None, index: int) -> dict[str, Any]:
+    if index > 2**63 - 1:  # beyond what the index column holds: there is no such entry
+        raise NotFoundError(f"no entry at index {index}")
     with broker.uow() as uow:
         row = uow.session.scalars(select(AuditEntryRow).where(AuditEntryRow.idx == index)).first()
         if row is None:

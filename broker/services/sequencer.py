@@ -236,7 +236,7 @@ class Sequencer:
         if head is None or newest is None:
             return False
         window = self.broker.settings.audit_anchor_window or 300
-        fresh = head.exported_at is not None and now - _aware(head.exported_at) < timedelta(seconds=window / 2)
+        fresh = head.exported_at is not None and now - utc(head.exported_at) < timedelta(seconds=window / 2)
         if head.exported_size == newest.size and fresh:
             return False
         if not self._checked_sink:
@@ -258,7 +258,7 @@ class Sequencer:
         if text is None:
             return
         try:
-            body, _signers = open_note(text, self._verifiers())
+            body, _signers = open_note(text, verifiers(self.broker))
             exported = parse_checkpoint(body)
         except AuditError as error:
             self._checked_sink = False
@@ -294,9 +294,6 @@ class Sequencer:
                 f"the database's log does not extend the exported checkpoint of size {exported.size}: "
                 "entries before it were changed"
             )
-
-    def _verifiers(self) -> list[Verifier]:
-        return verifiers(self.broker)
 
     # -- a whole round -----------------------------------------------------------------------------------------
 
@@ -391,17 +388,13 @@ def require_anchored(broker: Broker, uow: UnitOfWork) -> None:
         exported_at = cached[1]
     else:
         head = read_head(uow)
-        exported_at = _aware(head.exported_at) if head is not None and head.exported_at is not None else None
+        exported_at = utc(head.exported_at) if head is not None and head.exported_at is not None else None
         broker.runtime[_GATE] = (now, exported_at)
     if exported_at is None or now - exported_at > timedelta(seconds=window):
         raise AuditUnavailable(
             "the audit log's checkpoints have not reached their store outside the database recently; "
             "disclosures resume when they do (withdrawing a consent still works)"
         )
-
-
-def _aware(moment: datetime) -> datetime:
-    return utc(moment)
 
 
 # -- the thread every broker process runs ------------------------------------------------------------------------

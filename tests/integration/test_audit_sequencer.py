@@ -342,3 +342,28 @@ def test_a_log_whose_sink_holds_only_the_empty_checkpoint_goes_on(env: Env) -> N
     sequencer.integrate_batch(env.clock.now())
     sequencer.check_against_sink()
     assert sequencer.run_once().exported
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/proofs/inclusion?index=0&tree_size=99999999999999999999999",
+        "/proofs/inclusion?index=99999999999999999999999&tree_size=1",
+        "/proofs/consistency?first=1&second=99999999999999999999999",
+        "/entries?entry_id=99999999999999999999999",
+        "/entries?cursor=abc",
+        "/entries?cursor=9999999999999999999",
+        "/entries?limit=100000",
+        "/entries?unknown=1",
+    ],
+)
+def test_the_audit_api_answers_malformed_and_oversized_queries_with_400(env: Env, query: str) -> None:
+    response = env.client.get(f"/api/v1/audit{query}", headers={"Authorization": f"Bearer {_dpo_token(env)}"})
+    assert response.status_code == 400, response.get_data(as_text=True)
+
+
+def test_an_index_beyond_the_column_is_not_found(env: Env) -> None:
+    response = env.client.get(
+        "/api/v1/audit/entries/99999999999999999999999", headers={"Authorization": f"Bearer {_dpo_token(env)}"}
+    )
+    assert response.status_code == 404

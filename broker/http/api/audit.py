@@ -8,6 +8,7 @@ from typing import Any
 from flask.views import MethodView
 from marshmallow import RAISE
 
+from broker.domain.errors import InvalidRequestError
 from broker.http.api import current_broker, current_caller
 from broker.http.api.views import _responses, blp
 from broker.oauth import require_scope
@@ -57,10 +58,11 @@ class AuditEntries(MethodView):
         """Search the entries, oldest first; pass `next_cursor` back as `cursor` for the next page. Searches
         are themselves logged."""
         cursor = query.pop("cursor", None)
+        after = int(cursor) if cursor is not None else None
+        if after is not None and after > s.MAX_INDEX:
+            raise InvalidRequestError("not a cursor from a previous page", field="cursor")
         return audit_read.search_entries(
-            current_broker(),
-            current_caller(),
-            audit_read.EntryQuery(after=int(cursor) if cursor is not None else None, **query),
+            current_broker(), current_caller(), audit_read.EntryQuery(after=after, **query)
         )
 
 
