@@ -376,6 +376,36 @@ class AccessTokenRow(Base):
     issued_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
     revoked_at: Mapped[datetime | None]
+    # The JWK SHA-256 thumbprint (RFC 7638) of the key the token is bound to (RFC 9449 §6, `cnf.jkt`); None for a
+    # token issued without a DPoP proof, which only a broker that does not require DPoP accepts.
+    jkt: Mapped[str | None] = mapped_column(String(43))
+
+
+class DpopProofJtiRow(Base):
+    """Used DPoP proof ids: a unique key makes 'use once' an atomic insert (RFC 9449 §11.1). Keyed by the proof's
+    key thumbprint, since a `jti` is unique only for its signer; kept until the proof's `iat` falls out of the
+    accepted window."""
+
+    __tablename__ = "dpop_proof_jtis"
+    jkt: Mapped[str] = mapped_column(String(43), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(200), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class IdempotencyKeyRow(Base):
+    """The first response to a write request sent with an `Idempotency-Key` header, stored in the same transaction
+    as the write itself: a retry with the same key gets this response back and changes nothing."""
+
+    __tablename__ = "idempotency_keys"
+    client_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # SHA-256 (hex) of the method, path and body of the first request: the same key with another request is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int]
+    headers: Mapped[dict[str, Any]]
+    body: Mapped[bytes]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class PolicyVersionRow(Base):
