@@ -120,10 +120,14 @@ bench-audit: $(STAMP) ## audit log: offline verification of 1,000,000 entries, p
 bench-portal: $(STAMP) $(MO) ## server time of every portal page, fi/sv/en, 1,000 disclosures (BROKER_BENCH_POSTGRES_URL)
 	$(BIN)/python -m bench.portal
 
-soak: $(STAMP) ## decide() against its Cedar oracle on 200,000 generated requests (BROKER_SOAK_REQUESTS, _SEED)
+# The withdrawal race is evidence on PostgreSQL (docs/security.md): without BROKER_TEST_POSTGRES_URL the soak would
+# skip it, so it stops before it starts.
+soak: $(STAMP) $(MO) ## decide() against Cedar on 200,000 requests (BROKER_SOAK_REQUESTS, _SEED); 1,000 withdrawal races
+	@[ -n "$$BROKER_TEST_POSTGRES_URL" ] || { echo "make soak: set BROKER_TEST_POSTGRES_URL" >&2; exit 1; }
 	@seed=$${BROKER_SOAK_SEED:-$$(date +%s)}; echo "BROKER_SOAK_SEED=$$seed"; \
 	BROKER_SOAK_REQUESTS=$${BROKER_SOAK_REQUESTS:-200000} BROKER_SOAK_SEED=$$seed \
 	$(BIN)/pytest -q tests/unit/test_policy_cedar.py
+	BROKER_SOAK=1 $(BIN)/pytest -q tests/integration/test_withdrawal_race.py
 
 translations: $(STAMP) ## extract the portal's texts, update the fi/sv/en catalogues (.po) and compile them (.mo)
 	$(BIN)/pybabel -q extract -F babel.cfg -k _l -k lazy_gettext --sort-by-file --add-location file --width 120 \

@@ -310,6 +310,8 @@ def _run(
     base_url = f"http://127.0.0.1:{port}"
     bare_url = f"http://127.0.0.1:{bare_port}"
     env = {**os.environ, "BROKER_MODE": "demo", "BROKER_INSTANCE_PATH": str(instance), "BROKER_ISSUER": base_url}
+    # One partner at thousands of requests a second, by design: its rate limit (600 a minute) would refuse nearly all.
+    env["BROKER_RATE_LIMITS"] = "off"
     env.pop("BROKER_DATABASE_URL", None)  # SQLite in the instance folder
 
     print(f"creating a demo instance in a temporary folder; broker on {base_url}, bare insert app on {bare_url}")

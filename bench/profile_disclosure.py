@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(
             BROKER_MODE="demo", BROKER_INSTANCE_PATH=str(workdir / "instance"), BROKER_ISSUER="http://127.0.0.1:8000"
         )
+        os.environ["BROKER_RATE_LIMITS"] = "off"  # thousands of disclosures by one partner, by design
         os.environ.pop("BROKER_DATABASE_URL", None)
 
         from broker.app import create_app

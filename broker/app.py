@@ -9,19 +9,18 @@ import threading
 from datetime import UTC, datetime
 
 from flask import Flask, Response, current_app, g, render_template, request
-from flask_smorest import Api
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.adapters.database import Database
+from broker.adapters.database import Database, Timeouts
 from broker.adapters.keystore import KeyStore
 from broker.adapters.orm import PolicyVersionRow
 from broker.adapters.uow import UnitOfWork
 from broker.config import Settings
 from broker.domain.clock import Clock, SystemClock
-from broker.domain.errors import ConfigurationError
+from broker.domain.errors import ConfigurationError, DatabaseUnavailableError
 from broker.domain.model import Caller
-from broker.http.errors import problem, register_error_handlers
+from broker.http.errors import BrokerFlask, database_unavailable_response, register_error_handlers
 from broker.services import Broker
 from broker.services.audit_log import append_entry
 from policies import Policy, load_policy
@@ -29,10 +28,14 @@ from policies import Policy, load_policy
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
-def build_broker(settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None) -> Broker:
+def build_broker(
+    settings: Settings, *, clock: Clock | None = None, policy: Policy | None = None, serving: bool = False
+) -> Broker:
     """Open what the broker runs on. Keys are created on first start only outside production: a production
     instance must be given its keys (`broker keys init`) so that a misconfigured path never silently starts
-    with fresh keys that cannot open the stored records."""
+    with fresh keys that cannot open the stored records. A broker `serving` requests bounds each statement and
+    lock wait too (Settings, "Time limits"); command-line jobs over the whole log may rightly run longer."""
+    settings.verify_test_switches()
     create_keys = settings.mode != "production"
     if not create_keys and not settings.keys_path.exists():
         raise ConfigurationError(
@@ -41,7 +44,15 @@ def build_broker(settings: Settings, *, clock: Clock | None = None, policy: Poli
     keys = KeyStore.open(settings.keys_path, create=create_keys)
     return Broker(
         settings=settings,
-        db=Database(settings.database_url),
+        db=Database(
+            settings.database_url,
+            timeouts=Timeouts(
+                connect=settings.db_connect_timeout,
+                pool=settings.db_pool_timeout,
+                statement=settings.db_statement_timeout if serving else None,
+                lock=settings.db_lock_timeout if serving else None,
+            ),
+        ),
         keys=keys,
         policy=policy or load_policy(),
         clock=clock or SystemClock(),
@@ -89,7 +100,7 @@ def _log_token_issue(uow: UnitOfWork, caller: Caller, token_hash_prefix: str) ->
 
 def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> Flask:
     settings = settings or (broker.settings if broker else Settings.from_env())
-    broker = broker or build_broker(settings)
+    broker = broker or build_broker(settings, serving=True)
     # A broker started while its database is down answers /readyz with 503 until the database is back, instead
     # of failing to start; the policy version is then recorded before the first request that reaches it.
     policy_recorded = _database_reachable(broker)
@@ -99,7 +110,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         logging.getLogger("broker").warning("database not reachable at start")
     policy_lock = threading.Lock()
 
-    app = Flask(__name__, template_folder="http/templates")
+    app = BrokerFlask(__name__, template_folder="http/templates")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         API_TITLE="Consent Broker",
@@ -121,17 +132,19 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
 
     from broker.devidp import init_dev_idp
     from broker.http.api import audit as _audit_routes  # noqa: F401 — registers the audit routes on the API blueprint
-    from broker.http.api.views import blp
+    from broker.http.api.views import PartnerApi, blp
     from broker.http.dpo import init_dpo
+    from broker.http.limits import init_limits
     from broker.http.portal import init_portal
     from broker.oauth import init_oauth
 
-    api = Api(app)
+    api = PartnerApi(app)
     api.spec.components.security_scheme(
         "partner",
         {
             "type": "oauth2",
-            "description": "client_credentials with private_key_jwt (RFC 7523); `aud` = the issuer",
+            "description": "client_credentials with private_key_jwt (RFC 7523); `aud` = the issuer. Tokens are "
+            "DPoP-bound (RFC 9449): send `Authorization: DPoP <token>` and a fresh `DPoP` proof with every request",
             "flows": {
                 "clientCredentials": {
                     "tokenUrl": f"{settings.issuer}/oauth/token",
@@ -162,6 +175,10 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     def _request_id() -> None:
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(8)
+
+    # Sizes and request rates, checked before anything is parsed (broker/http/limits.py); after the request id, which
+    # its refusals carry.
+    init_limits(app, settings)
 
     @app.before_request
     def _record_policy_version_late() -> None:
@@ -204,11 +221,10 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         try:
             with broker.db.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
-        except Exception:
-            logging.getLogger("broker").warning("database not reachable")
-            response = problem(503, "unavailable", "Service unavailable", "the database is not reachable")
-            response.headers["Retry-After"] = "5"
-            return response
+        except Exception as error:
+            unavailable = DatabaseUnavailableError("the database is not reachable")
+            unavailable.__cause__ = error
+            return database_unavailable_response(unavailable)
         return Response('{"status":"ready"}', mimetype="application/json")
 
     @app.get("/api/v1/docs")

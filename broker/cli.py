@@ -81,7 +81,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     result = rotate_keys(settings, batch_size=args.batch_size)
     print(
         f"new key-encryption key {result.kek_id}; re-wrapped {result.records} records, "
-        f"{result.persons} identity codes and {result.notices} notices"
+        f"{result.persons} identity codes, {result.notices} notices and {result.idempotent_responses} stored responses"
     )
     return 0
 
@@ -342,13 +342,16 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def cmd_jobs_run(args: argparse.Namespace) -> int:
     from broker.app import build_broker
     from broker.oauth import purge_expired
+    from broker.services.idempotency import purge_expired_keys
 
     broker = build_broker(_settings())
     try:
         jtis, tokens = purge_expired(broker)
+        responses = purge_expired_keys(broker)
     finally:
         broker.db.dispose()
     print(f"forgot {jtis} used assertion ids and {tokens} expired access tokens")
+    print(f"forgot {responses} stored responses of expired Idempotency-Keys")
     return 0
 
 
@@ -445,7 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--cases", type=Path, default=None, help="decision tables folder (default: the shipped ones)")
 
     jobs = commands.add_parser("jobs", help="scheduled jobs").add_subparsers(dest="jobs_command", required=True)
-    add("run", cmd_jobs_run, "run the periodic jobs once (forget expired assertion ids and tokens)", jobs)
+    add(
+        "run",
+        cmd_jobs_run,
+        "run the periodic jobs once (forget expired assertion ids, tokens and Idempotency-Key responses)",
+        jobs,
+    )
 
     retention = commands.add_parser("retention", help="retention of record content (docs/retention.md)")
     retention_commands = retention.add_subparsers(dest="retention_command", required=True)

@@ -12,12 +12,20 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from broker.config import Settings
+from broker.http.limits import MAX_HEADER_FIELD_BYTES, MAX_HEADER_FIELDS, MAX_REQUEST_LINE
 from broker.logs import configure_logging
 
 # What gunicorn puts in its `Server` header instead of its own name. RFC 9110 §10.2.4 lets an origin server send
 # a product token and warns that detail in it helps an attacker pick an exploit (OWASP ASVS 5.0 V13.4.6: no version
 # information of backend components); gunicorn always sends the field, and an empty one is not a valid field value.
 SERVER_PRODUCT = "broker"
+# What gunicorn refuses before the application sees it (414 for the request line, 431 for header fields); the
+# application checks the same in broker/http/limits.py, which holds the reasons.
+REQUEST_LIMITS = {
+    "limit_request_line": MAX_REQUEST_LINE,
+    "limit_request_fields": MAX_HEADER_FIELDS,
+    "limit_request_field_size": MAX_HEADER_FIELD_BYTES,
+}
 
 
 class BrokerServer(BaseApplication):  # type: ignore[misc]
@@ -80,12 +88,15 @@ def run_gunicorn(settings: Settings, *, host: str, port: int, workers: int, **op
         "bind": f"{host}:{port}",
         "workers": workers,
         "worker_class": "sync",
-        "timeout": 30,
+        # A worker silent this long is ended: the request timeout, which every database wait stays well inside
+        # (Settings, "Time limits"), so that an unusable database is answered 503 rather than cut off.
+        "timeout": settings.request_timeout,
         "graceful_timeout": 10,
         "preload_app": False,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "warning",
+        **REQUEST_LIMITS,
         **options,
     }
     BrokerServer(settings, config).run()

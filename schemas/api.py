@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, fields, validate
 
 ID = validate.Length(min=1, max=40)
 NAME = validate.Length(min=1, max=40)
@@ -289,7 +289,9 @@ class EntryQuerySchema(StrictSchema):
     basis_kind = fields.String(validate=validate.Length(min=1, max=20))
     since = fields.AwareDateTime()
     until = fields.AwareDateTime()
-    entry_id = fields.Integer(validate=validate.Range(min=1, max=MAX_INDEX))
+    # A search is itself logged with its filters, and log entries are I-JSON, whose integers stay within
+    # ±(2**53 - 1) (RFC 7493 §2.2); no entry id the log can name lies beyond that either.
+    entry_id = fields.Integer(validate=validate.Range(min=1, max=2**53 - 1))
     cursor = fields.String(validate=validate.Regexp(r"^[0-9]{1,19}$", error="not a cursor from a previous page"))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
 
@@ -308,7 +310,11 @@ class AuditEntryPageSchema(StrictSchema):
 
 
 class ProblemSchema(Schema):
-    """RFC 9457 problem details, with the broker's stable `code`."""
+    """RFC 9457 problem details, with the broker's stable `code`. A problem type may carry extension members
+    (RFC 9457 §3.2): a refused disclosure names its `disclosure_id` and `decision`, for one."""
+
+    class Meta:
+        unknown = INCLUDE  # documented as `additionalProperties: true`: extension members are allowed
 
     type = fields.String()
     title = fields.String()
@@ -317,3 +323,4 @@ class ProblemSchema(Schema):
     code = fields.String()
     field = fields.String()
     errors = fields.Dict()
+    request_id = fields.String(metadata={"description": "the request's X-Request-Id, to quote when reporting it"})

@@ -1,19 +1,25 @@
 """Test helpers: a broker with the reference organisations, and a partner-side client that authenticates the
-way a real partner system does (a signed client assertion, RFC 7523) over Flask's test client."""
+way a real partner system does (a signed client assertion, RFC 7523; DPoP-bound access tokens, RFC 9449) over
+Flask's test client."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask
 from flask.testing import FlaskClient
 from joserfc import jwt
-from joserfc.jwk import OKPKey
+from joserfc.jwk import ECKey, OKPKey
 from werkzeug.test import TestResponse
 
 from broker.app import build_broker, create_app
@@ -30,6 +36,75 @@ ORG_TYPE = {org_id: org_type for org_id, org_type, _, _ in ORGANISATIONS}
 _sequence = itertools.count()
 
 
+class DpopSigner:
+    """The partner side of DPoP (RFC 9449 §4.2): signs a fresh proof for each request with one key pair.
+
+    Usable over Flask's test client and over real HTTP alike: `headers(method, url, token)` gives the two
+    headers of a resource request, `proof(method, url)` the `DPoP` header of a token request. `url` may carry
+    a query and a fragment; they are left out of `htu` (RFC 9449 §4.2). `now` is a callable returning Unix
+    seconds (the test clock, or the real one)."""
+
+    def __init__(self, key: OKPKey | ECKey | None = None, *, now: Callable[[], float] = time.time) -> None:
+        self.key = key or OKPKey.generate_key("Ed25519")
+        self.alg = "ES256" if isinstance(self.key, ECKey) else "Ed25519"
+        self.now = now
+        self.nonce: str | None = None  # the last DPoP-Nonce a server sent, used in later proofs (RFC 9449 §8)
+
+    @property
+    def public_jwk(self) -> dict[str, Any]:
+        public = self.key.as_dict(private=False)
+        return {name: public[name] for name in ("kty", "crv", "x", "y") if name in public}
+
+    @property
+    def thumbprint(self) -> str:
+        """The RFC 7638 SHA-256 thumbprint of the public key: the `cnf.jkt` a bound token carries."""
+        return self.key.thumbprint()
+
+    def proof(
+        self,
+        method: str,
+        url: str,
+        token: str | None = None,
+        *,
+        nonce: str | None = None,
+        header: dict[str, Any] | None = None,
+        **claims: Any,
+    ) -> str:
+        """One signed proof. `header` and `claims` override or add members; a member set to None is left out."""
+        scheme, netloc, path, _, _ = urlsplit(url)
+        body: dict[str, Any] = {
+            "jti": secrets.token_urlsafe(16),
+            "htm": method.upper(),
+            "htu": urlunsplit((scheme, netloc, path, "", "")),
+            "iat": int(self.now()),
+        }
+        if token is not None:
+            body["ath"] = access_token_hash(token)
+        if nonce or self.nonce:
+            body["nonce"] = nonce or self.nonce
+        body.update(claims)
+        body = {k: v for k, v in body.items() if v is not None}
+        head = {"typ": "dpop+jwt", "alg": self.alg, "jwk": self.public_jwk} | (header or {})
+        head = {k: v for k, v in head.items() if v is not None}
+        return jwt.encode(head, body, self.key, algorithms=[head["alg"]])
+
+    def headers(self, method: str, url: str, token: str, *, scheme: str = "DPoP") -> dict[str, str]:
+        """`Authorization: DPoP <token>` and a fresh `DPoP` proof for one resource request (RFC 9449 §7.1)."""
+        return {"Authorization": f"{scheme} {token}", "DPoP": self.proof(method, url, token)}
+
+    def remember_nonce(self, response_headers: Any) -> None:
+        """Keep the server's latest `DPoP-Nonce` for the next proofs (RFC 9449 §8.2)."""
+        nonce = response_headers.get("DPoP-Nonce")
+        if nonce:
+            self.nonce = nonce
+
+
+def access_token_hash(token: str) -> str:
+    """The `ath` claim: base64url of the SHA-256 of the access token's ASCII (RFC 9449 §4.2)."""
+    digest = hashlib.sha256(token.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
 def new_hetu(born: date | None = None) -> str:
     """A fresh test identity code (individual numbers 900–999), a new birth date every hundred codes."""
     n = next(_sequence)
@@ -43,6 +118,12 @@ class Env:
     client: FlaskClient
     clock: FixedClock
     _tokens: dict[tuple[str, str, str | None], str] = field(default_factory=dict)
+    # Every token issued through `token_response`: its type ("DPoP", or "Bearer" when the broker does not bind) and
+    # the organisation whose DPoP key it is bound to.
+    _token_types: dict[str, str] = field(default_factory=dict)
+    _token_orgs: dict[str, str] = field(default_factory=dict)
+    # One DPoP key pair per organisation: its tokens are bound to it, its requests carry proofs signed with it.
+    _signers: dict[str, DpopSigner] = field(default_factory=dict)
 
     @property
     def issuer(self) -> str:
@@ -71,15 +152,33 @@ class Env:
         head = {"alg": "Ed25519", "kid": key.kid} | (header or {})
         return jwt.encode(head, body, key, algorithms=[head["alg"]])
 
-    def token_response(self, org: str, assertion: str | None = None, **form: str) -> TestResponse:
+    def signer(self, org: str) -> DpopSigner:
+        """The organisation's DPoP key pair (made on first use), signing with the test clock's time."""
+        if org not in self._signers:
+            self._signers[org] = DpopSigner(now=lambda: self.clock.now().timestamp())
+        return self._signers[org]
+
+    def token_response(
+        self, org: str, assertion: str | None = None, *, dpop: str | None = None, **form: str
+    ) -> TestResponse:
+        """A token request. `dpop` is the DPoP header to send: None signs a fresh proof with the organisation's
+        key, "" sends none."""
         data = {
             "grant_type": "client_credentials",
             "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": assertion or self.assertion(org),
         } | form
-        return self.client.post("/oauth/token", data=data)
+        proof = self.signer(org).proof("POST", self.issuer + "/oauth/token") if dpop is None else dpop
+        headers = {"DPoP": proof} if proof else {}
+        response = self.client.post("/oauth/token", data=data, headers=headers)
+        if response.status_code == 200:
+            issued = response.get_json()
+            self._token_types[issued["access_token"]] = issued["token_type"]
+            self._token_orgs[issued["access_token"]] = org
+        return response
 
     def token(self, org: str, role: str | None = None, scope: str | None = None) -> str:
+        """A cached access token of `org`, bound to the organisation's DPoP key."""
         cache_key = (org, role or ROLE[org], scope)
         if cache_key not in self._tokens:
             act = {"sub": f"{org}-staff-1", "role": role or ROLE[org]}
@@ -89,12 +188,46 @@ class Env:
             self._tokens[cache_key] = response.get_json()["access_token"]
         return self._tokens[cache_key]
 
+    def auth_headers(
+        self,
+        org: str,
+        method: str,
+        path: str,
+        *,
+        role: str | None = None,
+        scope: str | None = None,
+        proof: bool = True,
+    ) -> dict[str, str]:
+        """The headers of one request by `org` to `path` (a path on the broker, query allowed): the access token
+        (`Env.token(org, role, scope)`) under its issued scheme and, unless `proof` is False, a fresh DPoP proof
+        for this method and URL."""
+        return self.token_headers(self.token(org, role, scope), method, path, proof=proof)
+
+    def token_headers(self, token: str, method: str, path: str, *, proof: bool = True) -> dict[str, str]:
+        """As `auth_headers`, for a token obtained from `token_response` (e.g. for a named professional): signed
+        with the key of the organisation that asked for it."""
+        scheme = self._token_types.get(token, "Bearer")
+        headers = {"Authorization": f"{scheme} {token}"}
+        if proof and token in self._token_orgs:
+            headers["DPoP"] = self.signer(self._token_orgs[token]).proof(method, self.issuer + path, token)
+        return headers
+
     def call(
-        self, org: str | None, method: str, path: str, body: Any = None, *, role: str | None = None, **kwargs: Any
+        self,
+        org: str | None,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        role: str | None = None,
+        proof: bool = True,
+        **kwargs: Any,
     ) -> TestResponse:
-        headers = kwargs.pop("headers", {})
+        """A request by `org` (None: unauthenticated) with its token and a fresh DPoP proof; `proof=False` sends
+        the token without a proof. Headers passed in `headers` win over the generated ones."""
+        headers = dict(kwargs.pop("headers", {}))
         if org is not None:
-            headers["Authorization"] = f"Bearer {self.token(org, role)}"
+            headers = self.auth_headers(org, method, path, role=role, proof=proof) | headers
         if body is not None:
             kwargs["json"] = body
         return self.client.open(path, method=method, headers=headers, **kwargs)

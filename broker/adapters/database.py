@@ -6,6 +6,11 @@ writers queue on the lock instead of sleeping in SQLite's busy handler (see PITF
 otherwise).
 
 PostgreSQL: READ COMMITTED; the services lock the rows a decision depends on (`FOR SHARE` / `FOR UPDATE`).
+
+An unusable database — unreachable, shut down, out of resources, too slow for a request's time limits — is told
+apart from every other database error by `unavailability()`: the HTTP layer answers it 503 with `Retry-After`
+(docs/security.md, "Database unavailable"), while a constraint violation or a bad statement stays the bug it is.
+The time limits themselves (`Timeouts`) keep a request from waiting on its database longer than it may run.
 """
 
 from __future__ import annotations
@@ -22,30 +27,89 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Executable, Insert, Select
+
+from broker.domain.errors import DatabaseUnavailableError
 
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long the broker waits on its database, in seconds; None leaves the driver's or server's default.
+
+    `connect`: opening a PostgreSQL connection (libpq `connect_timeout`, whole seconds, 2 at least — libpq
+    treats less as 2). `pool`: waiting for a free pooled connection (SQLAlchemy `pool_timeout`). `statement`:
+    one statement on PostgreSQL (`statement_timeout`). `lock`: waiting for a lock (PostgreSQL `lock_timeout`;
+    SQLite's busy timeout). Served processes set all four from Settings (broker/app.py); command-line jobs —
+    migrations, verifying or exporting the whole log — leave `statement` and `lock` unset, as they may rightly
+    run long."""
+
+    connect: int | None = None
+    pool: float | None = None
+    statement: float | None = None
+    lock: float | None = None
+
+
+# TCP settings of PostgreSQL connections (libpq parameters) for a server that vanished without closing the
+# connection (a network partition, a host that lost power) — a statement timeout cannot help there, since it is the
+# server that enforces it. Keepalive probes notice it after about 5 + 2 × 3 = 11 seconds of silence instead of the
+# kernel's default of more than two hours (a server busy with a long statement still answers the probes); and
+# `tcp_user_timeout` gives up on data sent but not acknowledged for 10 s instead of retransmitting for 15 minutes.
+_TCP = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # milliseconds
+}
+_SQLITE_BUSY_TIMEOUT = 10.0  # seconds, when no lock timeout is given
+
+
+def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) -> Engine:
     parsed = make_url(url)
+    timeouts = timeouts or Timeouts()
+    if timeouts.pool is not None:
+        kwargs.setdefault("pool_timeout", timeouts.pool)
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(url, **kwargs)
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, busy_timeout=timeouts.lock if timeouts.lock is not None else _SQLITE_BUSY_TIMEOUT)
         return engine
+    # A pooled connection is checked before use, so that connections broken while the database was away are
+    # replaced on their next checkout and the broker recovers without a restart.
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
-    return create_engine(url, **kwargs)
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    for name, value in _TCP.items():
+        if name not in parsed.query:
+            connect_args.setdefault(name, value)
+    if timeouts.connect is not None:
+        connect_args.setdefault("connect_timeout", max(2, int(timeouts.connect)))
+    server_options = [
+        f"-c {name}={int(seconds * 1000)}"  # milliseconds
+        for name, seconds in (("statement_timeout", timeouts.statement), ("lock_timeout", timeouts.lock))
+        if seconds is not None
+    ]
+    if server_options:
+        # Sent in the connection's start-up packet (libpq `options`), after any options the URL or the caller
+        # already give (a test schema's search_path), so every pooled connection has them without a round trip.
+        given = connect_args.get("options", parsed.query.get("options", ""))
+        given = " ".join(given) if isinstance(given, tuple) else given
+        connect_args["options"] = " ".join(filter(None, [given, *server_options]))
+    return create_engine(url, connect_args=connect_args, **kwargs)
 
 
 _BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")}
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, *, busy_timeout: float) -> None:
+    busy_pragma = f"PRAGMA busy_timeout={int(busy_timeout * 1000)}"
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (SQLAlchemy's documented
@@ -55,7 +119,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(busy_pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -121,7 +185,7 @@ class Prepared:
         try:
             cursor.executemany(compiled.sql, rows)
         except dialect.loaded_dbapi.Error as error:
-            raise DBAPIError.instance(compiled.sql, rows[0], error, dialect.loaded_dbapi.Error) from error
+            raise _driver_error(connection, driver, cursor, compiled.sql, rows[0], error) from error
         finally:
             cursor.close()
 
@@ -154,7 +218,7 @@ class Prepared:
         try:
             cursor.execute(compiled.sql, args)
         except dialect.loaded_dbapi.Error as error:
-            raise DBAPIError.instance(compiled.sql, args, error, dialect.loaded_dbapi.Error) from error
+            raise _driver_error(connection, driver, cursor, compiled.sql, args, error) from error
         return cursor, compiled
 
     def _compile(self, dialect: Dialect, keys: frozenset[str] | None) -> _Compiled:
@@ -191,8 +255,25 @@ class Prepared:
         return entry
 
 
+def _driver_error(
+    connection: Connection, driver: Any, cursor: Any, sql: str, params: Any, error: Exception
+) -> DBAPIError:
+    """The driver's error as SQLAlchemy's exception, as `Connection.execute` would raise it: a connection the
+    error shows to be broken is invalidated first, so that the pool replaces it instead of handing it out again."""
+    dialect = connection.dialect
+    broken = dialect.is_disconnect(error, driver, cursor)
+    if broken and not connection.invalidated:
+        connection.invalidate(error)
+    return DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error, connection_invalidated=broken)
+
+
 class WriteLock:
-    """Serialises write transactions on one SQLite database across threads and processes."""
+    """Serialises write transactions on one SQLite database across threads and processes.
+
+    A lock file that cannot be opened or locked (its folder gone, a read-only or full disk) means the database
+    cannot be written: DatabaseUnavailableError. There is no timeout on the wait itself: the holders are write
+    transactions on a local file, each a few milliseconds, and a `flock` wait cannot be bounded without signals.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self._path = path
@@ -204,12 +285,90 @@ class WriteLock:
             if self._path is None:
                 yield
                 return
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as error:
+                raise DatabaseUnavailableError("the database's write lock cannot be opened") from error
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except OSError as error:
+                    raise DatabaseUnavailableError("the database's write lock cannot be taken") from error
                 yield
             finally:
                 os.close(fd)  # closing the descriptor releases the flock
+
+
+# SQLite's primary result codes (sqlite.org/rescode.html) that say the database cannot be used just now, whatever
+# the statement: BUSY and LOCKED (locked beyond the busy timeout), NOMEM, READONLY (the file or its disk is
+# read-only), IOERR, FULL (the disk), CANTOPEN (the file or its folder is gone or unreadable), PROTOCOL (a locking
+# race). Not CORRUPT or NOTADB: a damaged file is not an outage to wait out but an alarm.
+_SQLITE_UNAVAILABLE = {
+    5: "BUSY",
+    6: "LOCKED",
+    7: "NOMEM",
+    8: "READONLY",
+    10: "IOERR",
+    13: "FULL",
+    14: "CANTOPEN",
+    15: "PROTOCOL",
+}
+# PostgreSQL's SQLSTATE classes (PostgreSQL manual, Appendix A) that say the same: 08 connection exception,
+# 53 insufficient resources (disk full, out of memory, too many connections), 57 operator intervention (a
+# statement cancelled by statement_timeout, 57014; the server shutting down or starting up, 57P01–57P03),
+# 58 system error (I/O); and the one code of class 55 that is a wait given up, 55P03 lock_not_available
+# (lock_timeout). Serialization failures and deadlocks (class 40) are not outages, nor are constraint
+# violations (23) or bad statements (42): those stay errors.
+_POSTGRES_CLASSES = ("08", "53", "57", "58")
+_POSTGRES_STATES = frozenset({"55P03"})
+
+
+def unavailability(error: BaseException) -> str | None:
+    """Why `error` means that the database cannot be used just now — a short reason for the log, such as
+    `connection_lost`, `postgres_57P01` or `sqlite_CANTOPEN` — or None when it is any other error.
+
+    The exception and what it was raised from (`__cause__`, `__context__`) are looked at, so that an error
+    re-raised by a library around the driver's is still recognised. Never reads the error's message, which may
+    hold the statement and its parameters."""
+    seen: set[int] = set()
+    found: str | None = None  # a DatabaseUnavailableError's own reason, unless what it was raised from says more
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        if isinstance(current, DatabaseUnavailableError):
+            found = found or ("write_lock" if isinstance(current.__cause__, OSError) else "unavailable")
+        else:
+            reason = _reason(current)
+            if reason is not None:
+                return reason
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _reason(error: BaseException) -> str | None:
+    if isinstance(error, PoolTimeoutError):
+        return "pool_timeout"
+    if isinstance(error, DisconnectionError):
+        return "connection_lost"
+    if not isinstance(error, DBAPIError):
+        return None
+    if error.connection_invalidated:
+        return "connection_lost"
+    driver_error = error.orig
+    sqlite_code = getattr(driver_error, "sqlite_errorcode", None)
+    if sqlite_code is not None:
+        name = _SQLITE_UNAVAILABLE.get(sqlite_code & 0xFF)  # the primary code is the low byte of an extended one
+        return f"sqlite_{name}" if name else None
+    if not hasattr(driver_error, "sqlstate"):  # neither sqlite3 nor psycopg: nothing to judge by
+        return None
+    state = driver_error.sqlstate
+    if state is None:
+        # psycopg raises these without a SQLSTATE when there is no server to give one: the connection could not
+        # be opened, or was closed under it.
+        return "connection_failed" if isinstance(error, OperationalError | InterfaceError) else None
+    if state.startswith(_POSTGRES_CLASSES) or state in _POSTGRES_STATES:
+        return f"postgres_{state}"
+    return None
 
 
 class Database:

@@ -33,6 +33,7 @@ __all__ = [
     "DecryptionError",
     "Sealed",
     "hetu_index",
+    "idempotency_aad",
     "open_hetu",
     "open_sealed",
     "record_aad",
@@ -77,6 +78,11 @@ def _aad(label: bytes, *fields: str) -> bytes:
 def record_aad(record_id: str, person_id: str, category: str) -> bytes:
     """Associated data that binds a record's ciphertext to its id, its person and its category."""
     return _aad(b"record", record_id, person_id, category)
+
+
+def idempotency_aad(client_id: str, key: str) -> bytes:
+    """Associated data that binds a stored response's body to the partner and the Idempotency-Key it answers."""
+    return _aad(b"idempotent-response", client_id, key)
 
 
 def _gcm_aad(version: int, aad: bytes) -> bytes:

@@ -112,7 +112,11 @@ class LeaderLock:
             return True
         import fcntl
 
-        fd = os.open(Path(database + ".sequencer"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(Path(database + ".sequencer"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:  # the database's folder is gone or read-only: not elected, and free to try again later
+            thread_lock.release()
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

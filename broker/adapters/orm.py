@@ -394,16 +394,23 @@ class DpopProofJtiRow(Base):
 
 class IdempotencyKeyRow(Base):
     """The first response to a write request sent with an `Idempotency-Key` header, stored in the same transaction
-    as the write itself: a retry with the same key gets this response back and changes nothing."""
+    as the write itself: a retry with the same key gets this response back and changes nothing.
+
+    The body may hold disclosed record content, so it is sealed like a record (AES-256-GCM under its own data key,
+    bound to the partner and the key; DESIGN.md invariant 7). Rows are forgotten after `expires_at`."""
 
     __tablename__ = "idempotency_keys"
     client_id: Mapped[str] = mapped_column(ID, primary_key=True)
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    # SHA-256 (hex) of the method, path and body of the first request: the same key with another request is refused.
+    # Keyed hash (HMAC-SHA256, hex) of the method, path, body and acting professional of the first request: the
+    # same key with another request is refused. Keyed, because a body may hold an identity code (invariant 6).
     request_hash: Mapped[str] = mapped_column(String(64))
     status: Mapped[int]
-    headers: Mapped[dict[str, Any]]
-    body: Mapped[bytes]
+    headers: Mapped[list[list[str]]] = mapped_column(JSON)  # [name, value] pairs, in order
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes]
+    nonce: Mapped[bytes]
+    ciphertext: Mapped[bytes]
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
 

@@ -1,16 +1,27 @@
 """The unit of work: a use case's one transaction. It rolls back unless the use case commits.
 
-Repositories and views never commit (STYLE.md: the use case owns the transaction)."""
+Repositories and views never commit (STYLE.md: the use case owns the transaction).
+
+One exception to "one use case, one transaction": a caller may open a unit of work and make it *ambient*
+(`UnitOfWork.ambient()`); while it is, the use cases it runs join it (`join_ambient`, used by `Broker.uow`), each
+in a savepoint of the ambient transaction, and the caller commits once. The Idempotency-Key wrapper does this, so
+that the stored response and the write it answers are committed together (broker/services/idempotency.py)."""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from types import TracebackType
 
 from sqlalchemy import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from broker.adapters.database import Database
+
+# The unit of work that use cases join instead of opening their own (see the module's docstring). A context
+# variable, so that each request's thread (or task) sees only its own.
+_AMBIENT: ContextVar[UnitOfWork | None] = ContextVar("broker_ambient_unit_of_work", default=None)
 
 
 class UnitOfWork:
@@ -19,9 +30,12 @@ class UnitOfWork:
     session's transaction — is set up before the lock is taken and put away after it is released: every
     microsecond inside the lock is taken from the rate of all writers (docs/benchmarks.md)."""
 
-    def __init__(self, db: Database, *, write: bool = True) -> None:
+    def __init__(self, db: Database, *, write: bool = True, decision_lock: bool = True) -> None:
         self._db = db
         self._write = write
+        # Whether a decision takes the person row's lock (services/persons.py); only test mode turns it off
+        # (Settings.decision_lock), to show that the withdrawal-race test finds the race without it.
+        self.decision_lock = decision_lock
         self._lock = contextlib.ExitStack()
         # SQLite writes only: the connection the session is bound to, checked out by this unit of work.
         self._connection: Connection | None = None
@@ -93,3 +107,65 @@ class UnitOfWork:
     @property
     def postgres(self) -> bool:
         return not self._db.sqlite
+
+    @contextlib.contextmanager
+    def ambient(self) -> Iterator[None]:
+        """Inside this block, `join_ambient` (and so `Broker.uow()`) on this database answers a unit of work that
+        joins this one instead of opening another: on SQLite a second write unit of work would wait for the write
+        lock this one holds, forever. Enter it with this unit of work's transaction open; commit it after."""
+        token = _AMBIENT.set(self)
+        try:
+            yield
+        finally:
+            _AMBIENT.reset(token)
+
+
+class JoinedUnitOfWork(UnitOfWork):
+    """A use case's unit of work inside an ambient one: a savepoint (SQL `SAVEPOINT`) of the ambient transaction.
+
+    It keeps the promises a unit of work makes to its use case: what the use case commits stays — in the ambient
+    transaction, which its owner commits or rolls back as a whole — and what it leaves uncommitted, because it
+    raised or simply did not commit, is rolled back to the savepoint. A use case that writes, fails with a
+    refusal and does not commit therefore leaves nothing behind even when the owner then commits."""
+
+    def __init__(self, outer: UnitOfWork) -> None:  # the outer's database, transaction and session; no lock
+        self._db = outer._db
+        self._write = outer._write
+        self.decision_lock = outer.decision_lock
+        self._lock = contextlib.ExitStack()
+        self._connection = None
+        self.session = outer.session
+        self._savepoint: SessionTransaction | None = None
+
+    def __enter__(self) -> JoinedUnitOfWork:
+        # SQLAlchemy emits the SAVEPOINT when the savepoint's connection is first used, not here.
+        self._savepoint = self.session.begin_nested()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # The savepoint held here is never a committed one (commit() replaces it). It may be inactive after a
+        # failed flush; rolling it back is then what makes the ambient transaction usable again (a use case may
+        # catch the error and go on, as resolve_person does on a unique-index race).
+        savepoint, self._savepoint = self._savepoint, None
+        if savepoint is not None:
+            savepoint.rollback()
+
+    def commit(self) -> None:
+        savepoint = self._savepoint
+        if savepoint is None:
+            raise RuntimeError("commit() outside the unit of work's block")
+        savepoint.commit()  # RELEASE SAVEPOINT: the work is now part of the ambient transaction
+        self._savepoint = None
+        # Work after a commit starts a step of its own, undone again unless committed too.
+        self._savepoint = self.session.begin_nested()
+
+
+def join_ambient(db: Database) -> JoinedUnitOfWork | None:
+    """A unit of work joining the ambient one on `db`, or None when there is none (the usual case: one
+    context-variable read)."""
+    outer = _AMBIENT.get()
+    if outer is None or outer._db is not db:
+        return None
+    return JoinedUnitOfWork(outer)

@@ -77,5 +77,40 @@ class UnknownOrganisationError(InvalidRequestError):
     code = "unknown_organisation"
 
 
+# The Idempotency-Key header (draft-ietf-httpapi-idempotency-key-header-07 §2.7, broker/services/idempotency.py).
+
+
+class InvalidIdempotencyKeyError(InvalidRequestError):
+    code = "invalid_idempotency_key"
+    title = "Invalid Idempotency-Key"
+
+
+class IdempotencyKeyReusedError(BrokerError):
+    """The key was first used with another request (method, path, body or acting professional)."""
+
+    code = "idempotency_key_reused"
+    status = 422
+    title = "Idempotency-Key already used for another request"
+
+
+class IdempotencyKeyInUseError(BrokerError):
+    """A request with the same key is still being processed."""
+
+    code = "idempotency_key_in_use"
+    status = 409
+    title = "A request with this Idempotency-Key is in progress"
+
+
+class DatabaseUnavailableError(BrokerError):
+    """The database cannot be used just now: unreachable, shutting down, out of resources, or slower than a
+    request's time limits (broker/adapters/database.py, `unavailability`). The answer is 503 with `Retry-After`;
+    the request may be sent again. A write whose commit was under way when the database went away may or may not
+    have been saved — an Idempotency-Key makes the retry safe."""
+
+    code = "database_unavailable"
+    status = 503
+    title = "Service unavailable"
+
+
 class ConfigurationError(Exception):
     """The application refuses to start with bad configuration."""

@@ -3,6 +3,11 @@
 
 The Broker is read from `current_app.extensions["broker"]` at request time; the token-issued hook from
 `current_app.extensions["oauth"]`, which `init_oauth` sets.
+
+DPoP proofs (RFC 9449) are checked against the request's public URL: the issuer identifier followed by the path
+the route saw (`request.path`, below any mount point), the same rule by which the metadata names the token
+endpoint. The request's own `Host` header and scheme are never used: behind a TLS-terminating proxy they differ
+from what the partner signed, and trusting them would let a proof made for another host be replayed here.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, after_this_request, current_app, g, jsonify, request
 
 from broker.domain.model import SCOPES
+from broker.oauth.dpop import DpopRequest
 from broker.oauth.errors import (
     InvalidClientError,
     InvalidRequestError,
+    OAuthError,
     ResourceAccessError,
     TokenEndpointError,
 )
@@ -28,6 +36,7 @@ from broker.oauth.protector import authenticate_request
 from broker.oauth.tokens import (
     ClientCredentials,
     TokenIssuedHook,
+    dpop_nonces,
     issue_access_token,
     no_op_hook,
     revoke_access_token,
@@ -41,6 +50,8 @@ View = TypeVar("View", bound=Callable[..., Any])
 _FORM = "application/x-www-form-urlencoded"
 # Ways of authenticating a client that the broker does not accept (RFC 6749 §2.3.1; RFC 7523 client secrets).
 _OTHER_CLIENT_AUTH = ("client_secret",)
+# Characters left as they are when the decoded request path is written back into a URL (RFC 3986 §3.3 pchar, "/").
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 @dataclass
@@ -88,10 +99,11 @@ def token_endpoint() -> Response:
             grant_type=form.get("grant_type"),
             scope=form.get("scope"),
             on_token_issued=_token_issued_hook(),
+            dpop=_dpop_request(),
         )
     except TokenEndpointError as error:
         return _token_error(error)
-    return _no_store(jsonify(issued.response()))
+    return _with_nonce(_no_store(jsonify(issued.response())))
 
 
 def revocation_endpoint() -> Response:
@@ -131,6 +143,7 @@ def _token_error(error: TokenEndpointError) -> Response:
     """RFC 6749 §5.2: a JSON object with `error` and `error_description`; 401 for invalid_client."""
     response = jsonify({"error": error.code, "error_description": error.description})
     response.status_code = error.status
+    _error_headers(response, error)
     return _no_store(response)
 
 
@@ -139,6 +152,32 @@ def _no_store(response: Response) -> Response:
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     return response
+
+
+# --- DPoP (RFC 9449) ---
+
+
+def _dpop_request() -> DpopRequest:
+    """The request's DPoP proofs, method and public URL. A proof holds no comma (a JWS compact serialization is
+    base64url and dots), so a header that a proxy folded into one comma-separated line still counts as several."""
+    proofs = tuple(part.strip() for value in request.headers.getlist("DPoP") for part in value.split(","))
+    url = _broker().settings.issuer + quote(request.path, safe=_PATH_SAFE)
+    return DpopRequest(proofs=proofs, method=request.method, url=url)
+
+
+def _with_nonce(response: Response) -> Response:
+    """RFC 9449 §8.2, §9: with nonces on, every answer carries the current one, so that a client keeps up with
+    them without being refused first."""
+    broker = _broker()
+    nonces = dpop_nonces(broker)
+    if nonces is not None:
+        response.headers["DPoP-Nonce"] = nonces.current(broker.clock.now())
+    return response
+
+
+def _error_headers(response: Response, error: OAuthError) -> None:
+    for name, value in error.headers.items():
+        response.headers[name] = value
 
 
 # --- Discovery ---
@@ -170,10 +209,14 @@ def require_scope(scope: str) -> Callable[[View], View]:
         @functools.wraps(view)
         def protected(*args: Any, **kwargs: Any) -> Any:
             try:
-                caller = authenticate_request(_broker(), request.headers.get("Authorization"), scope)
+                caller = authenticate_request(
+                    _broker(), request.headers.get("Authorization"), scope, dpop=_dpop_request()
+                )
             except ResourceAccessError as error:
                 return problem_response(error)
             g.caller = dataclasses.replace(caller, request_id=g.get("request_id"))
+            if _broker().settings.dpop_nonces:
+                after_this_request(_with_nonce)
             return view(*args, **kwargs)
 
         return protected  # type: ignore[return-value]
@@ -195,4 +238,5 @@ def problem_response(error: ResourceAccessError) -> Response:
         body["request_id"] = request_id
     response = current_app.response_class(json.dumps(body), status=error.status, mimetype="application/problem+json")
     response.headers["WWW-Authenticate"] = error.www_authenticate()
+    _error_headers(response, error)
     return response

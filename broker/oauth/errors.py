@@ -4,8 +4,12 @@ Two families share one root:
 
 - token and revocation endpoint errors (RFC 6749 §5.2, RFC 7009 §2.2.1), rendered as
   `{"error", "error_description"}` with status 400, or 401 for `invalid_client`;
-- protected-resource errors (RFC 6750 §3.1), rendered as an RFC 9457 problem document plus a
-  `WWW-Authenticate: Bearer …` challenge.
+- protected-resource errors (RFC 6750 §3.1, RFC 9449 §7.1), rendered as an RFC 9457 problem document plus a
+  `WWW-Authenticate: Bearer …` or `DPoP …` challenge.
+
+A refused DPoP proof (RFC 9449) is raised by the pure dpop.py as `DpopProofError` / `DpopNonceError`; the token
+endpoint and the resource protector answer it in their own family (`InvalidDpopProofError`, 400, at the token
+endpoint; `ResourceDpopProofError`, 401, at a resource), with the same code.
 
 `code` is the RFC's error code, which is also the stable `code` of the API's problem documents.
 Descriptions are for the partner's developers; they never contain a token, a key or personal data.
@@ -13,6 +17,7 @@ Descriptions are for the partner's developers; they never contain a token, a key
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 
@@ -24,6 +29,8 @@ class OAuthError(Exception):
     def __init__(self, description: str) -> None:
         super().__init__(description)
         self.description = description
+        #: Response headers that belong to the error (a fresh `DPoP-Nonce`, RFC 9449 §8).
+        self.headers: dict[str, str] = {}
 
     @property
     def detail(self) -> str:
@@ -64,16 +71,64 @@ class InvalidScopeError(TokenEndpointError):
     title = "Invalid scope"
 
 
+class InvalidDpopProofError(TokenEndpointError):
+    """RFC 9449 §5: a token request whose DPoP proof is missing (when DPoP is required) or invalid."""
+
+    code = "invalid_dpop_proof"
+    title = "Invalid DPoP proof"
+
+
+class UseDpopNonceError(TokenEndpointError):
+    """RFC 9449 §8: the proof must carry the server's nonce, which is in the `DPoP-Nonce` header."""
+
+    code = "use_dpop_nonce"
+    title = "DPoP nonce required"
+
+    def __init__(self, description: str, *, nonce: str) -> None:
+        super().__init__(description)
+        self.headers["DPoP-Nonce"] = nonce
+
+
+# --- DPoP proofs, before they are answered by one endpoint family (RFC 9449 §4.3) ---
+
+
+class DpopProofError(OAuthError):
+    code = "invalid_dpop_proof"
+    title = "Invalid DPoP proof"
+
+
+class DpopNonceError(DpopProofError):
+    code = "use_dpop_nonce"
+    title = "DPoP nonce required"
+
+    def __init__(self, description: str, *, nonce: str) -> None:
+        super().__init__(description)
+        self.nonce = nonce
+
+
 # --- Protected resources (RFC 6750 §3.1) ---
 
 
 class ResourceAccessError(OAuthError):
-    """An error answered by a protected route; carries its `WWW-Authenticate` challenge."""
+    """An error answered by a protected route; carries its `WWW-Authenticate` challenge.
+
+    The challenge's scheme is the one the request used, or should have used: `DPoP` for a DPoP-bound token or a
+    broker that requires DPoP, with the proof algorithms it accepts in `algs` (RFC 9449 §7.1); `Bearer`
+    otherwise (RFC 6750 §3)."""
 
     status = 401
 
+    def __init__(self, description: str, *, dpop_algs: Sequence[str] = ()) -> None:
+        super().__init__(description)
+        self.dpop_algs = tuple(dpop_algs)
+
     def www_authenticate(self) -> str:
-        return f'Bearer error="{self.code}", error_description="{_quoted(self.description)}"'
+        scheme = "DPoP" if self.dpop_algs else "Bearer"
+        challenge = f'{scheme} error="{self.code}", error_description="{_quoted(self.description)}"'
+        return challenge + self._algs()
+
+    def _algs(self) -> str:
+        return f', algs="{" ".join(self.dpop_algs)}"' if self.dpop_algs else ""
 
 
 class InvalidTokenError(ResourceAccessError):
@@ -85,10 +140,39 @@ class InvalidTokenError(ResourceAccessError):
 class MissingTokenError(InvalidTokenError):
     """No credentials at all. RFC 6750 §3.1: the challenge then SHOULD NOT carry an error code, because the
     client may simply not have known that the resource is protected. The problem document still says
-    `invalid_token` so that the API keeps one code for "authenticate first"."""
+    `invalid_token` so that the API keeps one code for "authenticate first".
+
+    The challenge names every scheme the broker accepts (RFC 9449 §7.1, §7.2): `DPoP` alone when DPoP is
+    required, else `Bearer` and `DPoP`."""
+
+    def __init__(self, description: str, *, dpop_algs: Sequence[str] = (), bearer: bool = True) -> None:
+        super().__init__(description, dpop_algs=dpop_algs)
+        self.bearer = bearer
 
     def www_authenticate(self) -> str:
-        return "Bearer"
+        challenges = ["Bearer"] if self.bearer or not self.dpop_algs else []
+        if self.dpop_algs:
+            challenges.append(f'DPoP algs="{" ".join(self.dpop_algs)}"')
+        return ", ".join(challenges)
+
+
+class ResourceDpopProofError(InvalidTokenError):
+    """RFC 9449 §7.1: the DPoP proof of a resource request is missing, invalid, replayed, or made with another key
+    than the one the token is bound to."""
+
+    code = "invalid_dpop_proof"
+    title = "Invalid DPoP proof"
+
+
+class ResourceDpopNonceError(ResourceDpopProofError):
+    """RFC 9449 §9: the proof must carry the server's nonce, which is in the `DPoP-Nonce` header."""
+
+    code = "use_dpop_nonce"
+    title = "DPoP nonce required"
+
+    def __init__(self, description: str, *, nonce: str, dpop_algs: Sequence[str] = ()) -> None:
+        super().__init__(description, dpop_algs=dpop_algs)
+        self.headers["DPoP-Nonce"] = nonce
 
 
 class InsufficientScopeError(ResourceAccessError):
@@ -96,8 +180,8 @@ class InsufficientScopeError(ResourceAccessError):
     status = 403
     title = "Insufficient scope"
 
-    def __init__(self, description: str, *, scope: str) -> None:
-        super().__init__(description)
+    def __init__(self, description: str, *, scope: str, dpop_algs: Sequence[str] = ()) -> None:
+        super().__init__(description, dpop_algs=dpop_algs)
         self.scope = scope
 
     def www_authenticate(self) -> str:

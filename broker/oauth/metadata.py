@@ -6,6 +6,7 @@ from typing import Any
 
 from broker.domain.model import SCOPES
 from broker.oauth.assertion import SIGNING_ALGORITHMS
+from broker.oauth.dpop import DPOP_SIGNING_ALGORITHMS
 
 TOKEN_PATH = "/oauth/token"  # noqa: S105  # nosec B105  # a path, not a password
 REVOCATION_PATH = "/oauth/revoke"
@@ -29,4 +30,6 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
         "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "revocation_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
+        # RFC 9449 §5.1: the algorithms the broker accepts for DPoP proofs (asymmetric only).
+        "dpop_signing_alg_values_supported": list(DPOP_SIGNING_ALGORITHMS),
     }

@@ -1,8 +1,13 @@
-"""Resource protection: from an `Authorization: Bearer …` header to the `Caller` a use case acts for.
+"""Resource protection: from an `Authorization: DPoP …` (or `Bearer …`) header to the `Caller` a use case acts for.
 
-Framework-light: `authenticate_request` takes the header's value and returns a `Caller` or raises a
-`ResourceAccessError` (RFC 6750 §3.1 semantics). The Flask decorator that renders those errors lives in
-endpoints.py.
+Framework-light: `authenticate_request` takes the header's value and the request's DPoP proofs, and returns a
+`Caller` or raises a `ResourceAccessError` (RFC 6750 §3.1, RFC 9449 §7 semantics). The Flask decorator that
+renders those errors lives in endpoints.py.
+
+DPoP (RFC 9449 §7): a token bound to a key (`access_tokens.jkt`) is accepted only under the `DPoP` scheme, with
+a proof for this request signed by that key (`ath` = the token's hash), used once. A bound token sent as `Bearer`
+is refused (§7.2). When the broker requires DPoP, the `Bearer` scheme is refused altogether; otherwise a token
+issued without a proof works as a bearer token, and only so.
 
 The token is checked in the database on every request (DESIGN.md "API contract"): one query by the token
 hash (the primary key) joined to the partner and its organisation, so that a revoked token, a deactivated
@@ -11,6 +16,7 @@ partner or a withdrawn scope grant takes effect at once. Nothing about a partner
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, select
@@ -20,8 +26,17 @@ from broker.adapters.database import Prepared
 from broker.adapters.orm import AccessTokenRow, OrganisationRow, PartnerRow
 from broker.domain.clock import utc
 from broker.domain.model import Caller
-from broker.oauth.errors import InsufficientScopeError, InvalidTokenError, MissingTokenError
-from broker.oauth.tokens import TOKEN_PATTERN, hash_token
+from broker.oauth.dpop import DPOP_SIGNING_ALGORITHMS, DpopProof, DpopRequest, verify_proof
+from broker.oauth.errors import (
+    DpopNonceError,
+    DpopProofError,
+    InsufficientScopeError,
+    InvalidTokenError,
+    MissingTokenError,
+    ResourceDpopNonceError,
+    ResourceDpopProofError,
+)
+from broker.oauth.tokens import TOKEN_PATTERN, consume_proof_jti, dpop_nonces, hash_token
 
 _TOKENS = AccessTokenRow.__table__
 _PARTNERS = PartnerRow.__table__
@@ -36,6 +51,7 @@ _TOKEN_QUERY = Prepared(
         _TOKENS.c.actor_role,
         _TOKENS.c.expires_at,
         _TOKENS.c.revoked_at,
+        _TOKENS.c.jkt,
         _PARTNERS.c.organisation_id,
         _PARTNERS.c.active,
         _PARTNERS.c.scopes,
@@ -52,18 +68,37 @@ if TYPE_CHECKING:
     from broker.services import Broker
 
 
-def bearer_token(authorization_header: str | None) -> str:
-    """The token of an RFC 6750 §2.1 `Authorization: Bearer <token>` header."""
+_DPOP = "dpop"
+_BEARER = "bearer"
+
+
+def access_token(authorization_header: str | None, *, require_dpop: bool) -> tuple[str, str]:
+    """The scheme ("dpop" or "bearer") and token of an `Authorization: DPoP <token>` (RFC 9449 §7.1) or
+    `Authorization: Bearer <token>` (RFC 6750 §2.1) header."""
+    algs = DPOP_SIGNING_ALGORITHMS
+    usage = "'Authorization: DPoP <token>' and a 'DPoP' proof (RFC 9449)"
+    if not require_dpop:
+        usage += ", or 'Authorization: Bearer <token>' for a token issued without DPoP"
     if not authorization_header:
-        raise MissingTokenError("This resource needs an access token: 'Authorization: Bearer <token>'.")
+        raise MissingTokenError(
+            f"This resource needs an access token: {usage}.", dpop_algs=algs, bearer=not require_dpop
+        )
     scheme, _, credentials = authorization_header.partition(" ")
     # The scheme name is case-insensitive (RFC 9110 §11.1). Another scheme counts as no credentials at all.
-    if scheme.lower() != "bearer":
-        raise MissingTokenError("This resource accepts only Bearer access tokens (RFC 6750).")
+    scheme = scheme.lower()
+    if scheme not in (_DPOP, _BEARER):
+        raise MissingTokenError(f"This resource accepts {usage}.", dpop_algs=algs, bearer=not require_dpop)
+    challenge = algs if scheme == _DPOP or require_dpop else ()
     token = credentials.strip(" ")
     if not TOKEN_PATTERN.fullmatch(token):
-        raise InvalidTokenError("The access token is malformed.")
-    return token
+        raise InvalidTokenError("The access token is malformed.", dpop_algs=challenge)
+    if scheme == _BEARER and require_dpop:
+        raise InvalidTokenError(
+            "This broker accepts only DPoP-bound access tokens: send 'Authorization: DPoP <token>' with a "
+            "'DPoP' proof (RFC 9449 §7.1).",
+            dpop_algs=algs,
+        )
+    return scheme, token
 
 
 def authenticate_request(
@@ -71,37 +106,96 @@ def authenticate_request(
     authorization_header: str | None,
     required_scope: str,
     *,
+    dpop: DpopRequest | None = None,
     session: Session | None = None,
 ) -> Caller:
     """Authenticate a request to a protected resource and return who is calling.
 
+    `dpop` holds the request's `DPoP` headers, method and public URL (RFC 9449 §4.3); a DPoP-bound token needs
+    it. The proof is verified before the token is looked up; its `jti` is used (an INSERT in a short
+    transaction of its own) only once the token, its binding and its scope have passed.
+
     Reads in `session` when one is given (the caller's transaction), otherwise on a connection of its own: a
     single read that needs no ORM session (and, on SQLite, never waits for the write lock).
-    Raises `MissingTokenError` / `InvalidTokenError` (401) or `InsufficientScopeError` (403)."""
-    token = bearer_token(authorization_header)
+    Raises `MissingTokenError` / `InvalidTokenError` / `ResourceDpopProofError` (401) or
+    `InsufficientScopeError` (403)."""
+    settings = broker.settings
+    scheme, token = access_token(authorization_header, require_dpop=settings.require_dpop)
     now = broker.clock.now()
+    proof = _verify_proof(broker, dpop, token, now) if scheme == _DPOP else None
     if session is not None:
-        return _caller_for(session, token, required_scope, now)
-    with broker.db.engine.connect() as connection:
-        return _caller_for(connection, token, required_scope, now)
+        caller = _caller_for(session, token, proof, required_scope, now)
+    else:
+        with broker.db.engine.connect() as connection:
+            caller = _caller_for(connection, token, proof, required_scope, now)
+    if proof is not None:
+        try:
+            with broker.uow() as uow:
+                consume_proof_jti(uow.session, proof)
+                uow.commit()
+        except DpopProofError as error:
+            raise ResourceDpopProofError(error.description, dpop_algs=DPOP_SIGNING_ALGORITHMS) from error
+    return caller
 
 
-def _caller_for(session: Session | Connection, token: str, required_scope: str, now: datetime) -> Caller:
+def _verify_proof(broker: Broker, dpop: DpopRequest | None, token: str, now: datetime) -> DpopProof:
+    settings = broker.settings
+    algs = DPOP_SIGNING_ALGORITHMS
+    try:
+        return verify_proof(
+            dpop.proofs if dpop is not None else (),
+            method=dpop.method if dpop is not None else "",
+            url=dpop.url if dpop is not None else "",
+            now=now,
+            max_age=settings.dpop_max_age,
+            skew=settings.dpop_iat_skew,
+            access_token=token,
+            nonces=dpop_nonces(broker),
+        )
+    except DpopNonceError as error:
+        raise ResourceDpopNonceError(error.description, nonce=error.nonce, dpop_algs=algs) from error
+    except DpopProofError as error:
+        raise ResourceDpopProofError(error.description, dpop_algs=algs) from error
+
+
+def _caller_for(
+    session: Session | Connection, token: str, proof: DpopProof | None, required_scope: str, now: datetime
+) -> Caller:
     found = _TOKEN_QUERY.first(session, {"token_hash": hash_token(token)})
+    # The challenge names DPoP for a request made with a proof or a token bound to a key.
+    algs = DPOP_SIGNING_ALGORITHMS if proof is not None or (found is not None and found.jkt) else ()
     if found is None:
-        raise InvalidTokenError("The access token is unknown.")
+        raise InvalidTokenError("The access token is unknown.", dpop_algs=algs)
     if found.revoked_at is not None:
-        raise InvalidTokenError("The access token has been revoked.")
+        raise InvalidTokenError("The access token has been revoked.", dpop_algs=algs)
     if utc(found.expires_at) <= now:
-        raise InvalidTokenError("The access token has expired.")
+        raise InvalidTokenError("The access token has expired.", dpop_algs=algs)
     if not found.active:
-        raise InvalidTokenError("The client of this access token is no longer active.")
+        raise InvalidTokenError("The client of this access token is no longer active.", dpop_algs=algs)
+    if proof is None and found.jkt is not None:
+        # RFC 9449 §7.2: a DPoP-bound token presented as a bearer token is refused.
+        raise InvalidTokenError(
+            "This access token is bound to a DPoP key: send it as 'Authorization: DPoP <token>' with a 'DPoP' proof.",
+            dpop_algs=algs,
+        )
+    if proof is not None:
+        if found.jkt is None:
+            raise InvalidTokenError(
+                "This access token was issued without DPoP: it is not bound to a key and works only as a Bearer token.",
+                dpop_algs=algs,
+            )
+        if not hmac.compare_digest(found.jkt, proof.jkt):
+            raise ResourceDpopProofError(
+                "The DPoP proof is signed with another key than the one this access token is bound to.",
+                dpop_algs=algs,
+            )
     # The token's scopes, less any the partner has lost since the token was issued.
     scopes = frozenset(found.scope.split(" ")) & frozenset(found.scopes)
     if required_scope not in scopes:
         raise InsufficientScopeError(
             f"This resource needs scope {required_scope!r}; the access token does not carry it.",
             scope=required_scope,
+            dpop_algs=algs,
         )
     return Caller(
         partner_id=found.client_id,

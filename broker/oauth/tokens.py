@@ -6,11 +6,17 @@ half-way (Authlib's SQLAlchemy helpers would), and nothing here knows about Flas
 
 Access tokens are opaque reference tokens (revocable, unlike RFC 9068 JWTs): `cbat_` + 256 random bits. Only
 their SHA-256 is stored; the token itself exists in the response and nowhere else.
+
+A token request with a valid DPoP proof (RFC 9449 §5) gets a token bound to the proof's key: its RFC 7638
+thumbprint is stored in `access_tokens.jkt` (the `cnf.jkt` of §6.1, kept on the server because the token is
+opaque) and the token type is `DPoP`. When the broker requires DPoP (`Settings.require_dpop`, the default), a
+token request without a proof is refused. Each proof's `jti` is used once, by an atomic insert.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Callable, Iterable
@@ -21,23 +27,33 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from broker.adapters.orm import AccessTokenRow, AssertionJtiRow, OrganisationRow, PartnerRow
+from broker.adapters.database import Prepared
+from broker.adapters.orm import AccessTokenRow, AssertionJtiRow, DpopProofJtiRow, OrganisationRow, PartnerRow
 from broker.adapters.uow import UnitOfWork
 from broker.domain.model import DPO_ROLE, DPO_SCOPES, SCOPES, Caller
 from broker.oauth.assertion import ASSERTION_TYPE, VerifiedAssertion, read_assertion, verify_assertion
+from broker.oauth.dpop import DpopNonces, DpopProof, DpopRequest, verify_proof
 from broker.oauth.errors import (
+    DpopNonceError,
+    DpopProofError,
     InvalidClientError,
+    InvalidDpopProofError,
     InvalidRequestError,
     InvalidScopeError,
     UnsupportedGrantTypeError,
+    UseDpopNonceError,
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.orm import Session
+
     from broker.services import Broker
 
 GRANT_TYPE = "client_credentials"
 TOKEN_PREFIX = "cbat_"  # noqa: S105  # nosec B105  # the recognisable prefix, not a secret
 TOKEN_TYPE = "Bearer"  # noqa: S105  # nosec B105  # the token type (RFC 6750 §4), not a secret
+DPOP_TOKEN_TYPE = "DPoP"  # noqa: S105  # nosec B105  # the token type of a DPoP-bound token (RFC 9449 §5)
 # `secrets.token_urlsafe(32)` gives 43 characters of the URL-safe alphabet.
 TOKEN_PATTERN = re.compile(r"cbat_[A-Za-z0-9_-]{43}")
 #: Hex characters of the token hash handed to the audit hook: enough to correlate, never the whole hash.
@@ -75,12 +91,13 @@ class IssuedToken:
     access_token: str
     expires_in: int
     scope: str
+    token_type: str = TOKEN_TYPE
 
     def response(self) -> dict[str, Any]:
         """The successful token response, RFC 6749 §5.1. No refresh token: partners authenticate again."""
         return {
             "access_token": self.access_token,
-            "token_type": TOKEN_TYPE,
+            "token_type": self.token_type,
             "expires_in": self.expires_in,
             "scope": self.scope,
         }
@@ -159,6 +176,62 @@ def consume_jti(uow: UnitOfWork, *, client_id: str, jti: str, expires_at: dateti
         raise InvalidClientError("This client assertion has already been used ('jti' replay).") from error
 
 
+_INSERT_PROOF_JTI = Prepared(insert(DpopProofJtiRow.__table__))
+# A label that sets the nonce key apart from every other use of the secret it is derived from.
+_NONCE_KEY_LABEL = b"consent-broker dpop-nonce v1"
+
+
+def consume_proof_jti(session: Session | Connection, proof: DpopProof) -> None:
+    """Use a DPoP proof once (RFC 9449 §11.1): one INSERT against the (jkt, jti) primary key, never check-then-set,
+    as for assertion ids. The row is kept until the proof's `iat` has left the accepted window."""
+    try:
+        _INSERT_PROOF_JTI.execute(session, {"jkt": proof.jkt, "jti": proof.jti, "expires_at": proof.expires_at})
+    except IntegrityError as error:
+        raise DpopProofError("This DPoP proof has already been used ('jti' replay); sign a new one.") from error
+
+
+def dpop_nonces(broker: Broker) -> DpopNonces | None:
+    """The broker's DPoP nonces, or None when they are off (`Settings.dpop_nonces`).
+
+    Every process must issue and accept the same nonces without sharing state, so their key is derived from a
+    secret all of them hold: the key store's look-up index key, through HMAC with a label of its own (the index
+    key itself never leaves the key store's process memory, and nothing about it can be learnt from a nonce)."""
+    settings = broker.settings
+    if not settings.dpop_nonces:
+        return None
+    nonces: DpopNonces | None = broker.runtime.get("dpop_nonces")
+    if nonces is None:
+        key = hmac.new(broker.keys.hetu_index_key(), _NONCE_KEY_LABEL, hashlib.sha256).digest()
+        nonces = broker.runtime.setdefault("dpop_nonces", DpopNonces(key, settings.dpop_nonce_step))
+    return nonces
+
+
+def verify_token_request_proof(broker: Broker, dpop: DpopRequest | None, now: datetime) -> DpopProof | None:
+    """The token request's DPoP proof (RFC 9449 §5), verified; None when there is none and DPoP is not required."""
+    settings = broker.settings
+    if dpop is None or not dpop.proofs:
+        if settings.require_dpop:
+            raise InvalidDpopProofError(
+                "This broker issues only DPoP-bound access tokens: send a DPoP proof in the 'DPoP' header "
+                "(RFC 9449 §5)."
+            )
+        return None
+    try:
+        return verify_proof(
+            dpop.proofs,
+            method=dpop.method,
+            url=dpop.url,
+            now=now,
+            max_age=settings.dpop_max_age,
+            skew=settings.dpop_iat_skew,
+            nonces=dpop_nonces(broker),
+        )
+    except DpopNonceError as error:
+        raise UseDpopNonceError(error.description, nonce=error.nonce) from error
+    except DpopProofError as error:
+        raise InvalidDpopProofError(error.description) from error
+
+
 def resolve_scope(requested: str | None, granted: Iterable[str]) -> tuple[str, ...]:
     """The scopes of a new token: the request's if all were granted, all granted ones if none was asked for.
 
@@ -188,17 +261,25 @@ def issue_access_token(
     grant_type: str | None,
     scope: str | None,
     on_token_issued: TokenIssuedHook = no_op_hook,
+    dpop: DpopRequest | None = None,
 ) -> IssuedToken:
-    """The client credentials grant (RFC 6749 §4.4) with `private_key_jwt` authentication."""
+    """The client credentials grant (RFC 6749 §4.4) with `private_key_jwt` authentication; the token is bound to
+    the key of the request's DPoP proof (RFC 9449 §5) when there is one."""
     if grant_type is None:
         raise InvalidRequestError("grant_type is required.")
     if grant_type != GRANT_TYPE:
         raise UnsupportedGrantTypeError(f"Only grant_type={GRANT_TYPE} is supported.")
     now = broker.clock.now()
     ttl = broker.settings.access_token_ttl
+    proof = verify_token_request_proof(broker, dpop, now)
     with broker.uow() as uow:
         client = authenticate_client(uow, broker, credentials, now)
         scopes = resolve_scope(scope, client.granted_scopes)
+        if proof is not None:
+            try:
+                consume_proof_jti(uow.session, proof)
+            except DpopProofError as error:
+                raise InvalidDpopProofError(error.description) from error
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_hash = hash_token(token)
         actor = client.assertion
@@ -212,6 +293,7 @@ def issue_access_token(
                 issued_at=now,
                 expires_at=now + timedelta(seconds=ttl),
                 revoked_at=None,
+                jkt=proof.jkt if proof is not None else None,
             )
         )
         caller = Caller(
@@ -224,7 +306,8 @@ def issue_access_token(
         )
         on_token_issued(uow, caller, token_hash[:HASH_PREFIX_LENGTH])
         uow.commit()
-    return IssuedToken(access_token=token, expires_in=ttl, scope=" ".join(scopes))
+    token_type = DPOP_TOKEN_TYPE if proof is not None else TOKEN_TYPE
+    return IssuedToken(access_token=token, expires_in=ttl, scope=" ".join(scopes), token_type=token_type)
 
 
 def revoke_access_token(broker: Broker, credentials: ClientCredentials, *, token: str | None) -> None:
@@ -252,13 +335,16 @@ def revoke_access_token(broker: Broker, credentials: ClientCredentials, *, token
 
 
 def purge_expired(broker: Broker) -> tuple[int, int]:
-    """Forget used assertion ids and access tokens whose time is over; returns (jtis, tokens) deleted.
+    """Forget used assertion and DPoP proof ids and access tokens whose time is over; returns (ids, tokens)
+    deleted, `ids` counting both kinds.
 
     For a periodic job, not the request path: purges inside concurrent token requests would lock the same
-    rows. A `jti` row is deleted only after its `expires_at`, when its assertion can no longer pass `exp`."""
+    rows. A `jti` row is deleted only after its `expires_at`, when its assertion can no longer pass `exp` (or its
+    proof can no longer pass the `iat` window)."""
     now = broker.clock.now()
     with broker.uow() as uow:
         jtis = uow.session.execute(delete(AssertionJtiRow).where(AssertionJtiRow.expires_at < now))
+        proofs = uow.session.execute(delete(DpopProofJtiRow).where(DpopProofJtiRow.expires_at < now))
         tokens = uow.session.execute(delete(AccessTokenRow).where(AccessTokenRow.expires_at < now))
         uow.commit()
-    return jtis.rowcount, tokens.rowcount  # type: ignore[attr-defined]
+    return jtis.rowcount + proofs.rowcount, tokens.rowcount  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from typing import Any
 
 from broker.adapters.database import Database
 from broker.adapters.keystore import KeyStore
-from broker.adapters.uow import UnitOfWork
+from broker.adapters.uow import UnitOfWork, join_ambient
 from broker.config import Settings
 from broker.domain.clock import Clock
 from policies import Policy
@@ -29,7 +29,12 @@ class Broker:
     runtime: dict[str, Any] = field(default_factory=dict)
 
     def uow(self, *, write: bool = True) -> UnitOfWork:
-        return UnitOfWork(self.db, write=write)
+        # Inside an ambient unit of work (an Idempotency-Key request, broker/services/idempotency.py) the use
+        # case joins it, so that its writes and the stored response commit together.
+        joined = join_ambient(self.db)
+        if joined is not None:
+            return joined
+        return UnitOfWork(self.db, write=write, decision_lock=self.settings.decision_lock)
 
 
 def new_id(prefix: str) -> str:

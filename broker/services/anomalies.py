@@ -10,15 +10,16 @@ so that an item of the queue is the pair (entry, rule), the key a review is stor
 Why these rules: the controller must monitor the use of the logs and the disclosures (Client Data Act 703/2023
 § 7 and § 11; GDPR Art. 5(1)(f), 32(1)(d) and 39(1)(b)); a DPO cannot read every entry, so the queue lifts the
 patterns that unjustified use tends to leave — work outside office hours, a burst of requests, persons the
-organisation does not serve, a run of refusals — and every use of a statutory exception, which the policy
-itself puts on the DPO's review list (obligation `dpo_review`, policies/rules/vocabulary.yaml).
+organisation does not serve, a run of refusals, an organisation probing many persons it has no basis for — and
+every use of a statutory exception, which the policy itself puts on the DPO's review list (obligation `dpo_review`,
+policies/rules/vocabulary.yaml).
 
 Days and office hours are Finnish: Europe/Helsinki, with its summer time.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -32,15 +33,18 @@ VOLUME_SPIKE = "volume_spike"
 NO_RELATIONSHIP = "no_relationship"
 REPEATED_DENIALS = "repeated_denials"
 STATUTORY_EXCEPTION = "statutory_exception"
+ENUMERATION = "enumeration"
 #: Every rule, in the order the queue explains them.
-RULES = (OUT_OF_HOURS, VOLUME_SPIKE, NO_RELATIONSHIP, REPEATED_DENIALS, STATUTORY_EXCEPTION)
+RULES = (OUT_OF_HOURS, VOLUME_SPIKE, NO_RELATIONSHIP, REPEATED_DENIALS, ENUMERATION, STATUTORY_EXCEPTION)
 
 #: Records handed over: pulled by the recipient (a permitted request) or pushed to it (a notice).
 DISCLOSURE_EVENTS = frozenset({"disclosure:permit", "notice:send"})
 #: A professional's requests for records, whatever the answer.
 REQUEST_EVENTS = frozenset({"disclosure:permit", "disclosure:deny"})
+#: Questions about a person that policy can refuse: a request for records, or a dry run of one (`decision:query`).
+REFUSABLE_EVENTS = frozenset({"disclosure:deny", "decision:query"})
 #: Every event the rules read.
-EVENTS = DISCLOSURE_EVENTS | REQUEST_EVENTS
+EVENTS = DISCLOSURE_EVENTS | REQUEST_EVENTS | REFUSABLE_EVENTS
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,13 @@ class Thresholds:
     #: Denials of one professional's requests within `denial_window`.
     denials: int = 5
     denial_window: timedelta = timedelta(hours=1)
+    #: Distinct persons about whom one organisation's requests or dry runs were refused within `enumeration_window`.
+    #: A refusal is rare in legitimate work — a professional asks about a client, is refused, and asks the client for
+    #: consent — so even a large organisation refuses about a handful of persons an hour; a script walking through
+    #: person ids refuses about hundreds a minute, under any sensible rate limit (docs/security.md, "Abuse limits").
+    #: Twenty in ten minutes lies far from both.
+    enumeration_persons: int = 20
+    enumeration_window: timedelta = timedelta(minutes=10)
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -276,6 +287,51 @@ def repeated_denials(entries: Iterable[LogFacts], thresholds: Thresholds = DEFAU
     return found
 
 
+def enumeration(entries: Iterable[LogFacts], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
+    """An organisation refused, within `enumeration_window`, about `enumeration_persons` distinct persons — requests
+    for records or dry-run decisions without a basis, the trace of someone walking through persons to see whom they
+    can reach. Flagged at the refusal that reached the count, after which the count starts again (forty persons in
+    a few minutes are two items).
+
+    Counted per organisation, not per professional: the professional is the partner system's own statement (the
+    assertion's `act` claim), so a probe made with a partner's key can name a new professional for every request and
+    stay under the per-professional rules above."""
+    found = []
+    # Per organisation: its refusals within the window, oldest first, and how many of them name each person.
+    runs: dict[str, deque[tuple[datetime, str]]] = defaultdict(deque)
+    persons: dict[str, Counter[str]] = defaultdict(Counter)
+    for entry in _ordered(entries):
+        organisation, person = entry.organisation, entry.person_id
+        if entry.event not in REFUSABLE_EVENTS or entry.effect != "deny" or organisation is None or person is None:
+            continue
+        run, counts = runs[organisation], persons[organisation]
+        run.append((entry.logged_at, person))
+        counts[person] += 1
+        while entry.logged_at - run[0][0] > thresholds.enumeration_window:
+            _, gone = run.popleft()
+            counts[gone] -= 1
+            if counts[gone] == 0:
+                del counts[gone]
+        if len(counts) >= thresholds.enumeration_persons:
+            found.append(
+                Finding(
+                    ENUMERATION,
+                    entry.entry_id,
+                    entry.logged_at,
+                    organisation,
+                    person,
+                    {
+                        "persons": len(counts),
+                        "refusals": len(run),
+                        "since": run[0][0].astimezone(HELSINKI).strftime("%Y-%m-%d %H:%M"),
+                    },
+                )
+            )
+            run.clear()
+            counts.clear()
+    return found
+
+
 def statutory_exceptions(entries: Iterable[LogFacts]) -> list[Finding]:
     """Every disclosure made on a statutory exception instead of consent (703/2023 53 § 5–6 mom. and 56 §;
     1301/2014 35 §): the policy adds the obligation `dpo_review` to each, so each is an item."""
@@ -312,6 +368,7 @@ def evaluate(
         *volume_spikes(current, baselines, thresholds),
         *without_relationship(current, relationships, thresholds),
         *repeated_denials(current, thresholds),
+        *enumeration(current, thresholds),
         *statutory_exceptions(current),
     ]
     order = {rule: i for i, rule in enumerate(RULES)}

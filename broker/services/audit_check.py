@@ -56,8 +56,16 @@ def verify_broker_log(broker: Broker, *, check_sink: bool = True) -> LogCheck:
 def _verify(broker: Broker, check_sink: bool) -> LogCheck:
     origin = origin_of(broker)
     keys = verifiers(broker)
+    # The sink is read before the database, and the database in one snapshot, because the log may be live: the
+    # sequencer commits each checkpoint before it exports it, so what the sink holds now is in every later snapshot.
+    # Read the other way round, a checkpoint committed and exported while the entries are being checked would look
+    # like a rolled-back database, and on PostgreSQL (READ COMMITTED: each statement sees the newest commits) the
+    # head, the checkpoints, the entries and the subtree hashes would be read at different sizes of the tree.
+    exported_note = Sequencer(broker).sink.latest() if check_sink else None
     with broker.uow(write=False) as uow:
         session = uow.session
+        if uow.postgres:
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
         head = read_head(uow)
         pending = session.scalar(select(func.count()).where(AuditEntryRow.idx.is_(None))) or 0
         signed: dict[int, bytes] = {}
@@ -74,15 +82,13 @@ def _verify(broker: Broker, check_sink: bool) -> LogCheck:
                 raise AuditVerificationError(size, "fork", f"two different checkpoints of tree size {size} are signed")
             count += 1
         exported: int | None = None
-        if check_sink:
-            text = Sequencer(broker).sink.latest()
-            if text is not None:
-                checkpoint = _open(text, keys, origin, None)
-                exported = checkpoint.size
-                if signed.setdefault(checkpoint.size, checkpoint.root) != checkpoint.root:
-                    raise AuditVerificationError(
-                        checkpoint.size, "fork", "the exported checkpoint differs from the one in the database"
-                    )
+        if exported_note is not None:
+            checkpoint = _open(exported_note, keys, origin, None)
+            exported = checkpoint.size
+            if signed.setdefault(checkpoint.size, checkpoint.root) != checkpoint.root:
+                raise AuditVerificationError(
+                    checkpoint.size, "fork", "the exported checkpoint differs from the one in the database"
+                )
 
         size = head.size if head else 0
         beyond = [s for s in signed if s > size]

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from broker.adapters.database import Database
 from broker.adapters.envelope import Sealed, rewrap
 from broker.adapters.keystore import KeyStore
-from broker.adapters.orm import NoticeRow, PersonRow, RecordRow
+from broker.adapters.orm import IdempotencyKeyRow, NoticeRow, PersonRow, RecordRow
 from broker.adapters.uow import UnitOfWork
 from broker.config import Settings
 
@@ -25,6 +25,7 @@ class RotationResult:
     records: int
     persons: int
     notices: int
+    idempotent_responses: int = 0  # stored first responses of Idempotency-Key requests (services/idempotency.py)
 
 
 def _rewrap_table(
@@ -64,6 +65,12 @@ def rotate_keys(settings: Settings, *, batch_size: int = 500) -> RotationResult:
             db, keys, PersonRow, ("hetu_kek_id", "hetu_wrapped_key", "hetu_nonce", "hetu_ciphertext"), batch_size
         )
         notices = _rewrap_table(db, keys, NoticeRow, ("kek_id", "wrapped_key", "nonce", "ciphertext"), batch_size)
+        # Short-lived, but they may hold disclosed records: an old key can be retired only once none uses it.
+        responses = _rewrap_table(
+            db, keys, IdempotencyKeyRow, ("kek_id", "wrapped_key", "nonce", "ciphertext"), batch_size
+        )
     finally:
         db.dispose()
-    return RotationResult(kek_id=kek_id, records=records, persons=persons, notices=notices)
+    return RotationResult(
+        kek_id=kek_id, records=records, persons=persons, notices=notices, idempotent_responses=responses
+    )

@@ -125,8 +125,9 @@ def lock_person(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> PersonRo
 
 def lock_person_birth_date(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> date:
     """`lock_person` for the disclosure path: the same row lock on PostgreSQL (`FOR SHARE`, or `FOR UPDATE`
-    when `exclusive`), the same UnknownPersonError, but only the birth date is read and no ORM object built."""
-    if uow.postgres:
+    when `exclusive`), the same UnknownPersonError, but only the birth date is read and no ORM object built.
+    Test mode can turn the lock off (`uow.decision_lock`) for the withdrawal race's negative control."""
+    if uow.postgres and uow.decision_lock:
         query = _READ_BIRTH_DATE_FOR_UPDATE if exclusive else _READ_BIRTH_DATE_FOR_SHARE
     else:
         query = _READ_BIRTH_DATE

@@ -45,7 +45,7 @@ from audit.note import (
 )
 from audit.proofs import consistency_nodes, consistency_proof, verify_consistency
 from broker.adapters.checkpoint_sink import CheckpointSink, SinkConflict, SinkError, open_sink
-from broker.adapters.database import Prepared
+from broker.adapters.database import Prepared, unavailability
 from broker.adapters.leader import LeaderLock
 from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow, AuditHeadRow, AuditNodeRow
 from broker.adapters.uow import UnitOfWork
@@ -411,6 +411,9 @@ class SequencerThread:
         self._lock = LeaderLock(broker.db)
         self.halted: str | None = None
         self.elected = False  # whether this process has been the sequencer at some point
+        # Why the database could not be used in the last round (None: it could): an outage is logged once when it
+        # starts and once when the sequencer is back, not every round.
+        self.database_unavailable: str | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="audit-sequencer", daemon=True)
@@ -434,6 +437,9 @@ class SequencerThread:
                         log.info("elected audit sequencer")
                     sequencer.run_once()
                     self.halted = None
+                    if self.database_unavailable is not None:
+                        log.info("audit sequencer resumed: the database is back")
+                        self.database_unavailable = None
                 else:
                     sequencer = None
             except SequencerHalted as error:
@@ -445,7 +451,13 @@ class SequencerThread:
                 continue
             except (SinkError, SinkConflict) as error:
                 log.error("checkpoint export failed: %s", error)
-            except Exception:  # a database error, a full disk: log it and try again next round
-                log.exception("audit sequencer round failed")
+            except Exception as error:  # a database error, a full disk: log it and try again next round
+                reason = unavailability(error)
+                if reason is None:
+                    log.exception("audit sequencer round failed")
+                elif self.database_unavailable is None:
+                    # Entries appended meanwhile wait in the database; they are sequenced when it is back.
+                    log.warning("audit sequencer waits for the database", extra={"reason": reason})
+                self.database_unavailable = reason
                 sequencer = None
             self._stop.wait(self.interval)

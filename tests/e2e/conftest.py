@@ -97,20 +97,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 
 def partner_session(served: Served, client_id: str) -> OAuth2Session:
-    """A demo partner system's OAuth client (Authlib, `private_key_jwt` as docs/examples/disclose.py does it),
-    with a fresh access token."""
-    from authlib.integrations.requests_client import OAuth2Session
-    from joserfc.jwk import OKPKey
-
+    """A demo partner system's OAuth client, built exactly as docs/examples/disclose.py builds it (Authlib,
+    `private_key_jwt`, DPoP-bound tokens with a fresh proof on every request), with a fresh access token."""
     spec = importlib.util.spec_from_file_location("disclose_example", ROOT / "docs" / "examples" / "disclose.py")
     assert spec and spec.loader
     example: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    entry = next(p for p in served.demo["partners"] if p["client_id"] == client_id)
-    key = OKPKey.import_key(json.loads((served.instance / entry["key_file"]).read_text()))
-    session = OAuth2Session(client_id, key, token_endpoint_auth_method=example.BrokerAssertion.name)
-    session.register_client_auth_method(example.BrokerAssertion(served.demo["issuer"], entry["actor"]))
-    session.fetch_token(f"{served.base_url}/oauth/token", grant_type="client_credentials")
+    session: OAuth2Session
+    session, base_url = example.broker_session(client_id, served.instance)
+    assert base_url == served.base_url
     return session
 
 

@@ -1,5 +1,5 @@
 """The whole path over real HTTP against a served broker, with a partner client built on Authlib exactly as
-docs/api.md shows it:
+docs/api.md shows it (private_key_jwt, DPoP-bound tokens with a fresh proof on every request):
 
 resolve → relationship → in-person consent → deposit a work assessment → the health centre gets exactly the
 allowed fields → withdrawal → the health centre is refused with `no_legal_basis` → `broker audit verify`
@@ -9,7 +9,6 @@ passes → an edited, a deleted and a reordered audit row are each detected.
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import sqlite3
 import subprocess
@@ -17,8 +16,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import requests
 from authlib.integrations.requests_client import OAuth2Session
-from joserfc.jwk import OKPKey
 
 from broker.domain.hetu import make_hetu
 from schemas.records.examples import EXAMPLES
@@ -31,12 +30,26 @@ _spec.loader.exec_module(example)
 
 
 def partner(served: Served, client_id: str) -> OAuth2Session:
-    entry = next(p for p in served.demo["partners"] if p["client_id"] == client_id)
-    key = OKPKey.import_key(json.loads((served.instance / entry["key_file"]).read_text()))
-    session = OAuth2Session(client_id, key, token_endpoint_auth_method=example.BrokerAssertion.name)
-    session.register_client_auth_method(example.BrokerAssertion(served.demo["issuer"], entry["actor"]))
-    session.fetch_token(f"{served.base_url}/oauth/token", grant_type="client_credentials")
+    session: OAuth2Session
+    session, base_url = example.broker_session(client_id, served.instance)
+    assert base_url == served.base_url and session.token["token_type"] == "DPoP"
     return session
+
+
+def test_a_bound_token_is_refused_without_its_proof_and_as_a_bearer_token(served: Served) -> None:
+    # The same requests a stolen token allows: without the DPoP key they get nothing.
+    session = partner(served, "kisalli")
+    token = session.token["access_token"]
+    url = f"{served.base_url}/api/v1/inbox"
+    assert session.get(url).status_code == 200
+    for headers in ({"Authorization": f"DPoP {token}"}, {"Authorization": f"Bearer {token}"}):
+        refused = requests.get(url, headers=headers, timeout=10)
+        assert refused.status_code == 401, headers
+        assert refused.headers["WWW-Authenticate"].startswith("DPoP error=")
+    proof = session.proof("GET", url, token)
+    assert requests.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": proof}, timeout=10).status_code == 200
+    replayed = requests.get(url, headers={"Authorization": f"DPoP {token}", "DPoP": proof}, timeout=10)
+    assert replayed.status_code == 401 and replayed.json()["code"] == "invalid_dpop_proof"
 
 
 def test_the_whole_path_from_consent_to_refusal_with_a_verifiable_log(served: Served) -> None:

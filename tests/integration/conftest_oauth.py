@@ -1,6 +1,7 @@
 """A small test bed for the OAuth wiring: a Flask app with only the OAuth blueprint and two protected routes,
 a real database (a SQLite file, or a fresh PostgreSQL schema when BROKER_TEST_POSTGRES_URL is set), a pinned
-clock, and fakes for the policy and the key store.
+clock, and fakes for the policy and the key store. The partner side binds its tokens to a DPoP key (RFC 9449)
+and signs a fresh proof for each request, as the broker requires by default.
 
 Not a conftest (pytest does not load it by itself): test modules import `open_test_bed` and `BACKENDS` and
 declare their own fixtures, so that fixture names never shadow imports.
@@ -38,6 +39,7 @@ from broker.domain.model import PARTNER_SCOPES, Caller
 from broker.oauth import init_oauth, require_scope
 from broker.oauth.assertion import ASSERTION_TYPE
 from broker.services import Broker
+from tests.support import DpopSigner
 
 ISSUER = "https://broker.example"
 TOKEN_URL = ISSUER + "/oauth/token"
@@ -79,6 +81,10 @@ class FakePolicy:
 class FakeKeyStore:
     def __init__(self) -> None:
         self.signing_key = OKPKey.generate_key("Ed25519", parameters={"kid": "sig-000001-abcdef01"})
+        self.index_key = secrets.token_bytes(32)
+
+    def hetu_index_key(self) -> bytes:
+        return self.index_key  # the secret the DPoP nonce key is derived from (broker/oauth/tokens.py)
 
     def public_jwks(self) -> dict[str, Any]:
         return {"keys": [self.signing_key.as_dict(private=False, use="sig", alg="Ed25519")]}
@@ -107,6 +113,11 @@ class OAuthTestBed:
     clock: FixedClock
     hook_calls: list[IssuedHookCall] = field(default_factory=list)
     fail_hook: bool = False
+    # The partner systems' DPoP key pair (one for the whole bed), signing with the pinned clock.
+    dpop: DpopSigner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dpop = DpopSigner(now=lambda: self.clock.now().timestamp())
 
     # --- set-up ---
 
@@ -187,16 +198,20 @@ class OAuthTestBed:
 
     # --- requests ---
 
-    def token_request(self, assertion: str | None, **form: str) -> TestResponse:
+    def token_request(self, assertion: str | None, *, dpop: str | list[str] | None = None, **form: str) -> TestResponse:
+        """A token request; `dpop` is the DPoP header (a list: several headers) — None signs a fresh proof with the
+        bed's key, "" sends none."""
         data = {"grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE}
         if assertion is not None:
             data["client_assertion"] = assertion
         data.update(form)
-        return self.app.test_client().post("/oauth/token", data=data)
+        proofs = [self.dpop.proof("POST", TOKEN_URL)] if dpop is None else [dpop] if isinstance(dpop, str) else dpop
+        headers = [("DPoP", proof) for proof in proofs if proof]
+        return self.app.test_client().post("/oauth/token", data=data, headers=headers)
 
-    def token(self, partner: Partner, scope: str | None = None, **claims: Any) -> str:
+    def token(self, partner: Partner, scope: str | None = None, *, dpop: str | None = None, **claims: Any) -> str:
         form = {"scope": scope} if scope is not None else {}
-        response = self.token_request(self.assertion(partner, **claims), **form)
+        response = self.token_request(self.assertion(partner, **claims), dpop=dpop, **form)
         assert response.status_code == 200, response.get_json()
         return str(response.get_json()["access_token"])
 
@@ -208,12 +223,26 @@ class OAuthTestBed:
         }
         return self.app.test_client().post("/oauth/revoke", data=data)
 
-    def get(self, path: str, token: str | None = None, *, authorization: str | None = None) -> TestResponse:
-        headers = {}
+    def get(
+        self,
+        path: str,
+        token: str | None = None,
+        *,
+        authorization: str | None = None,
+        dpop: str | list[str] | None = None,
+    ) -> TestResponse:
+        """A resource request. With `token`: `Authorization: DPoP <token>` and, unless `dpop` is given, a fresh
+        proof for this request (`dpop` as for `token_request`). `authorization` replaces the Authorization
+        header as it is."""
+        headers: list[tuple[str, str]] = []
         if authorization is not None:
-            headers["Authorization"] = authorization
+            headers.append(("Authorization", authorization))
         elif token is not None:
-            headers["Authorization"] = f"Bearer {token}"
+            headers.append(("Authorization", f"DPoP {token}"))
+        if dpop is None and token is not None:
+            dpop = self.dpop.proof("GET", ISSUER + path, token)
+        proofs = [dpop] if isinstance(dpop, str) else dpop or []
+        headers.extend(("DPoP", proof) for proof in proofs if proof)
         return self.app.test_client().get(path, headers=headers)
 
 
@@ -272,10 +301,13 @@ def _database(backend: str, tmp_path: Path) -> Iterator[Database]:
 
 
 @contextlib.contextmanager
-def open_test_bed(backend: str, tmp_path: Path) -> Iterator[OAuthTestBed]:
+def open_test_bed(backend: str, tmp_path: Path, **settings_overrides: Any) -> Iterator[OAuthTestBed]:
+    """The bed; `settings_overrides` change `Settings` fields (`require_dpop=False`, `dpop_nonces=True`, …)."""
     with _database(backend, tmp_path) as db:
         clock = FixedClock(NOW)
-        settings = Settings(instance_path=tmp_path, database_url=db.url, issuer=ISSUER, mode="test")
+        settings = Settings(
+            instance_path=tmp_path, database_url=db.url, issuer=ISSUER, mode="test", **settings_overrides
+        )
         broker = Broker(settings=settings, db=db, keys=FakeKeyStore(), policy=FakePolicy(), clock=clock)
         app = Flask(__name__)
         app.extensions["broker"] = broker

@@ -271,13 +271,15 @@ def test_notices_need_an_access_token_with_the_notices_scope(env: Env) -> None:
     person_id = env.person()
     anonymous = env.client.post("/api/v1/notices", json={})
     assert anonymous.status_code == 401 and anonymous.get_json()["code"] == "invalid_token"
-    token = env.token("kisalli", scope="persons")
-    headers = {"Authorization": f"Bearer {token}"}
+
+    def headers(method: str, path: str) -> dict[str, str]:
+        return env.auth_headers("kisalli", method, path, scope="persons")
+
     body = {"person_id": person_id, "kind": "interruption_notice", "recipient": "kela", "content": INTERRUPTION}
     for response in (
-        env.client.post("/api/v1/notices", json=body, headers=headers),
-        env.client.get("/api/v1/inbox", headers=headers),
-        env.client.post("/api/v1/inbox/not_x/ack", headers=headers),
+        env.client.post("/api/v1/notices", json=body, headers=headers("POST", "/api/v1/notices")),
+        env.client.get("/api/v1/inbox", headers=headers("GET", "/api/v1/inbox")),
+        env.client.post("/api/v1/inbox/not_x/ack", headers=headers("POST", "/api/v1/inbox/not_x/ack")),
     ):
         assert response.status_code == 403 and response.get_json()["code"] == "insufficient_scope"
     assert notice_count(env) == 0

@@ -75,14 +75,12 @@ def test_requests_without_a_token_are_unauthorised(env: Env) -> None:
     response = env.post(None, "/persons/resolve", {"hetu": new_hetu()})
     assert response.status_code == 401
     assert response.get_json()["code"] == "invalid_token"
-    assert "Bearer" in response.headers["WWW-Authenticate"]
+    assert response.headers["WWW-Authenticate"].startswith("DPoP")  # DPoP-bound tokens only (RFC 9449 §7.1)
 
 
 def test_a_token_without_the_scope_is_forbidden(env: Env) -> None:
-    token = env.token("kisalli", scope="records")
-    response = env.client.post(
-        "/api/v1/persons/resolve", json={"hetu": new_hetu()}, headers={"Authorization": f"Bearer {token}"}
-    )
+    headers = env.auth_headers("kisalli", "POST", "/api/v1/persons/resolve", scope="records")
+    response = env.client.post("/api/v1/persons/resolve", json={"hetu": new_hetu()}, headers=headers)
     assert response.status_code == 403
     assert response.get_json()["code"] == "insufficient_scope"
 

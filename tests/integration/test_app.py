@@ -87,7 +87,7 @@ def test_readyz_answers_ready_when_the_database_is_reachable(env: Env) -> None:
 def test_readyz_answers_503_with_retry_after_when_the_database_is_unreachable(unreachable_app: Flask) -> None:
     client = unreachable_app.test_client()
     response = client.get("/readyz")
-    problem = assert_problem(response, 503, "unavailable")
+    problem = assert_problem(response, 503, "database_unavailable")
     assert response.headers["Retry-After"].isdigit()
     assert "127.0.0.1" not in str(problem) and "psycopg" not in str(problem)
     # Liveness does not depend on the database: the process is alive, just not ready.
@@ -100,7 +100,7 @@ def test_a_broker_started_before_its_database_becomes_ready_when_the_database_ap
     app = app_for(tmp_path, url)
     client = app.test_client()
     try:
-        assert_problem(client.get("/readyz"), 503, "unavailable")
+        assert_problem(client.get("/readyz"), 503, "database_unavailable")
         folder.mkdir()
         db = Database(url)
         Base.metadata.create_all(db.engine)
@@ -175,11 +175,11 @@ def test_a_wrong_method_is_a_405_problem_naming_the_allowed_ones(
 
 def test_every_kind_of_api_error_is_a_problem_document_with_a_code(env: Env) -> None:
     person_id = env.person()
-    token = env.token("kisalli", scope="persons")
+    persons_only = env.auth_headers("kisalli", "GET", "/api/v1/inbox", scope="persons")
     cases: list[tuple[Any, int, str]] = [
         (env.client.get("/api/v1/inbox"), 401, "invalid_token"),
         (env.client.get("/api/v1/inbox", headers={"Authorization": "Bearer nope"}), 401, "invalid_token"),
-        (env.client.get("/api/v1/inbox", headers={"Authorization": f"Bearer {token}"}), 403, "insufficient_scope"),
+        (env.client.get("/api/v1/inbox", headers=persons_only), 403, "insufficient_scope"),
         (
             env.call("kisalli", "POST", "/api/v1/persons/resolve", data="{", content_type="application/json"),
             400,

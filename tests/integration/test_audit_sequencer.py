@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, func, select, update
+from werkzeug.test import TestResponse
 
 from audit import encode_entry, leaf_hash
 from audit.note import open_note, parse_checkpoint, parse_verifier_key
@@ -226,9 +227,7 @@ def test_proofs_from_the_api_verify_against_the_signed_checkpoint(env: Env) -> N
     first_size = len(_entries(env))
     _activity(env, people=5)
     Sequencer(env.broker).run_once()
-    token = _dpo_token(env)
-    headers = {"Authorization": f"Bearer {token}"}
-    checkpoint = env.client.get("/api/v1/audit/checkpoint", headers=headers)
+    checkpoint = _dpo_get(env, "/api/v1/audit/checkpoint")
     assert checkpoint.status_code == 200, checkpoint.get_data(as_text=True)
     body = checkpoint.get_json()
     text, _ = open_note(body["note"], [parse_verifier_key(k) for k in body["verifier_keys"]])
@@ -236,17 +235,13 @@ def test_proofs_from_the_api_verify_against_the_signed_checkpoint(env: Env) -> N
     rows = [row for row in _entries(env) if row.idx is not None]  # the token's own entry is not sequenced yet
     assert signed.size == len(rows)
     for index in (0, 1, len(rows) // 2, len(rows) - 1):
-        proof = env.client.get(
-            f"/api/v1/audit/proofs/inclusion?index={index}&tree_size={signed.size}", headers=headers
-        ).get_json()
+        proof = _dpo_get(env, f"/api/v1/audit/proofs/inclusion?index={index}&tree_size={signed.size}").get_json()
         path = [base64.b64decode(h) for h in proof["inclusion_path"]]
         verify_inclusion(leaf_hash(rows[index].entry), index, signed.size, path, signed.root)
         # ... and by the independent, recursive RFC 9162 implementation of the test suite.
         assert root_from_path(leaf_hash(rows[index].entry), index, signed.size, path) == signed.root
         assert path == rfc_path(index, [row.entry for row in rows[: signed.size]])
-    consistency = env.client.get(
-        f"/api/v1/audit/proofs/consistency?first={first_size}&second={signed.size}", headers=headers
-    ).get_json()
+    consistency = _dpo_get(env, f"/api/v1/audit/proofs/consistency?first={first_size}&second={signed.size}").get_json()
     path = [base64.b64decode(h) for h in consistency["consistency_path"]]
     old_root = mth([row.entry for row in rows[:first_size]])
     verify_consistency(first_size, signed.size, old_root, signed.root, path)
@@ -257,20 +252,17 @@ def test_proofs_from_the_api_verify_against_the_signed_checkpoint(env: Env) -> N
 def test_the_audit_api_is_for_dpo_systems_only(env: Env) -> None:
     denied = env.get("kisalli", "/audit/checkpoint")
     assert denied.status_code == 403
-    bad = env.client.get(
-        "/api/v1/audit/proofs/inclusion?index=5&tree_size=2", headers={"Authorization": f"Bearer {_dpo_token(env)}"}
-    )
+    bad = _dpo_get(env, "/api/v1/audit/proofs/inclusion?index=5&tree_size=2")
     assert bad.status_code == 400
 
 
 def test_entry_search_pages_with_a_cursor_and_is_itself_logged(env: Env) -> None:
     _activity(env, people=4)
-    headers = {"Authorization": f"Bearer {_dpo_token(env)}"}
     seen: list[int] = []
     cursor = None
     while True:
         query = "/api/v1/audit/entries?limit=3&event=relationship:start" + (f"&cursor={cursor}" if cursor else "")
-        page = env.client.get(query, headers=headers).get_json()
+        page = _dpo_get(env, query).get_json()
         seen += [e["entry_id"] for e in page["entries"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -280,10 +272,11 @@ def test_entry_search_pages_with_a_cursor_and_is_itself_logged(env: Env) -> None
     assert events.count("audit:query") == 2
 
 
-def _dpo_token(env: Env) -> str:
+def _dpo_get(env: Env, path: str) -> TestResponse:
+    """A GET by the DPO's system, with its DPoP-bound token and a fresh proof."""
     from broker.demo import DPO_PARTNER
 
-    return env.token(DPO_PARTNER)
+    return env.call(DPO_PARTNER, "GET", path)
 
 
 def test_a_database_restored_from_an_older_copy_is_caught(env: Env, tmp_path: Path) -> None:
@@ -358,12 +351,10 @@ def test_a_log_whose_sink_holds_only_the_empty_checkpoint_goes_on(env: Env) -> N
     ],
 )
 def test_the_audit_api_answers_malformed_and_oversized_queries_with_400(env: Env, query: str) -> None:
-    response = env.client.get(f"/api/v1/audit{query}", headers={"Authorization": f"Bearer {_dpo_token(env)}"})
+    response = _dpo_get(env, f"/api/v1/audit{query}")
     assert response.status_code == 400, response.get_data(as_text=True)
 
 
 def test_an_index_beyond_the_column_is_not_found(env: Env) -> None:
-    response = env.client.get(
-        "/api/v1/audit/entries/99999999999999999999999", headers={"Authorization": f"Bearer {_dpo_token(env)}"}
-    )
+    response = _dpo_get(env, "/api/v1/audit/entries/99999999999999999999999")
     assert response.status_code == 404

@@ -85,7 +85,9 @@ def ask(
     body: dict[str, Any] = {"person_id": person_id, "category": category, "purpose": purpose}
     if exception is not None:
         body["exception"] = exception
-    return env.client.post("/api/v1/disclosures", json=body, headers={"Authorization": f"Bearer {token}"})
+    return env.client.post(
+        "/api/v1/disclosures", json=body, headers=env.token_headers(token, "POST", "/api/v1/disclosures")
+    )
 
 
 def deposit(env: Env, org: str, person_id: str, category: str) -> None:
@@ -753,6 +755,15 @@ def unusual(env: Env) -> Unusual:
         assert ask(env, token, person, "work_assessment", "work_capacity_assessment").status_code == 403
         env.clock.advance(seconds=30)
     found["repeated_denials"] = last_entry(env, "disclosure:deny").id
+    # Twenty persons the health centre has no basis for, asked about within minutes, each request naming another
+    # professional (a probe with the partner's key can name any `act.sub`): no per-professional rule sees it.
+    move_to(env, local(weekday, 15))
+    probed = [env.person() for _ in range(20)]
+    for i, stranger in enumerate(probed):
+        token = staff_token(env, "varha-health", f"hc-probe-{i}")
+        assert ask(env, token, stranger, "work_assessment", "work_capacity_assessment").status_code == 403
+        env.clock.advance(seconds=10)
+    found["enumeration"] = last_entry(env, "disclosure:deny").id
     # A statutory exception.
     move_to(env, local(weekday, 14))
     token = staff_token(env, "varha-health", "hc-exception")
@@ -773,7 +784,7 @@ def test_the_queue_lists_one_item_per_rule_oldest_first(env: Env, unusual: Unusu
     assert {(item["rule"], item["entry_id"]) for item in queue["items"]} == {
         (rule, entry_id) for rule, entry_id in unusual.entries.items()
     }
-    assert queue["total"] == 5 and all(count == 1 for count in queue["counts"].values())
+    assert queue["total"] == len(rules.RULES) and all(count == 1 for count in queue["counts"].values())
     times = [item["logged_at"] for item in queue["items"]]
     assert times == sorted(times)
     # A week's queue does not reach back to the work of more than a week ago.

@@ -139,8 +139,10 @@ def test_no_identity_code_record_content_token_or_private_key_reaches_a_log_or_a
     refused = env.token_response("kisalli", env.assertion("kisalli", header={"jwk": private_key}))
     assert refused.status_code in (400, 401)
 
-    auth = {"Authorization": f"Bearer {token}"}
-    resolved = env.client.post("/api/v1/persons/resolve", json={"hetu": hetu}, headers=auth)
+    def auth(path: str) -> dict[str, str]:  # the token and a fresh DPoP proof for one POST
+        return env.token_headers(token, "POST", path)
+
+    resolved = env.client.post("/api/v1/persons/resolve", json={"hetu": hetu}, headers=auth("/api/v1/persons/resolve"))
     assert resolved.status_code == 200
     person_id = resolved.get_json()["person_id"]
     env.serve(person_id, "kisalli", "varha-health")
@@ -161,7 +163,7 @@ def test_no_identity_code_record_content_token_or_private_key_reaches_a_log_or_a
     deposited = env.client.post(
         "/api/v1/records",
         json={"person_id": person_id, "category": "work_assessment", "content": content},
-        headers=auth,
+        headers=auth("/api/v1/records"),
     )
     assert deposited.status_code == 201, deposited.get_json()
     disclosed = env.post(
@@ -172,12 +174,20 @@ def test_no_identity_code_record_content_token_or_private_key_reaches_a_log_or_a
     assert disclosed.status_code == 200 and content_canary in disclosed.get_data(as_text=True)
 
     errors = [
-        env.client.post("/api/v1/persons/resolve", json={"hetu": hetu + "X"}, headers=auth),  # invalid code
-        env.client.post("/api/v1/persons/resolve", json={"hetu": hetu, "extra": content_canary}, headers=auth),
-        env.client.get("/api/v1/inbox", headers={"Authorization": f"Bearer {token}x"}),  # unknown token
+        env.client.post(  # invalid code
+            "/api/v1/persons/resolve", json={"hetu": hetu + "X"}, headers=auth("/api/v1/persons/resolve")
+        ),
+        env.client.post(
+            "/api/v1/persons/resolve",
+            json={"hetu": hetu, "extra": content_canary},
+            headers=auth("/api/v1/persons/resolve"),
+        ),
+        env.client.get("/api/v1/inbox", headers={"Authorization": f"DPoP {token}x"}),  # unknown token
     ]
     monkeypatch.setattr(persons, "resolve_person", lambda *a, **k: (_ for _ in ()).throw(ValueError(hetu)))
-    errors.append(env.client.post("/api/v1/persons/resolve", json={"hetu": hetu}, headers=auth))
+    errors.append(
+        env.client.post("/api/v1/persons/resolve", json={"hetu": hetu}, headers=auth("/api/v1/persons/resolve"))
+    )
     assert [r.status_code for r in errors][-1] == 500
     for response in [refused, *errors]:
         assert response.status_code >= 400

@@ -33,6 +33,8 @@ def test_the_metadata_document_describes_the_token_endpoint_and_its_client_authe
     assert metadata["revocation_endpoint_auth_methods_supported"] == ["private_key_jwt"]
     assert metadata["revocation_endpoint_auth_signing_alg_values_supported"] == ["EdDSA", "Ed25519", "ES256"]
     assert metadata["scopes_supported"] == list(SCOPES)
+    # RFC 9449 §5.1: the DPoP proof algorithms, asymmetric only.
+    assert metadata["dpop_signing_alg_values_supported"] == ["EdDSA", "Ed25519", "ES256"]
     assert metadata["response_types_supported"] == []
 
 

@@ -1,5 +1,5 @@
-"""Protected routes: bearer access tokens checked in the database on every request (RFC 6750), and
-revocation (RFC 7009)."""
+"""Protected routes: DPoP-bound access tokens (RFC 9449 §7) checked in the database on every request, RFC 6750
+semantics for their errors, and revocation (RFC 7009). The DPoP proof checks themselves are in test_dpop.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,17 @@ import pytest
 from sqlalchemy import update
 
 from broker.adapters.orm import PartnerRow
-from broker.oauth import InsufficientScopeError, InvalidTokenError, MissingTokenError, authenticate_request
-from tests.integration.conftest_oauth import BACKENDS, OAuthTestBed, Partner, open_test_bed
+from broker.oauth import (
+    DpopRequest,
+    InsufficientScopeError,
+    InvalidTokenError,
+    MissingTokenError,
+    ResourceDpopProofError,
+    authenticate_request,
+)
+from tests.integration.conftest_oauth import BACKENDS, ISSUER, OAuthTestBed, Partner, open_test_bed
+
+ALGS = 'algs="EdDSA Ed25519 ES256"'
 
 
 @pytest.fixture(params=BACKENDS)
@@ -42,7 +51,7 @@ def test_an_expired_access_token_is_refused_with_401(bed: OAuthTestBed, partner:
     assert bed.get("/protected/consents", token).status_code == 200
     bed.clock.advance(seconds=1)
     response = bed.get("/protected/consents", token)
-    assert_problem(response, 401, "invalid_token", 'Bearer error="invalid_token"')
+    assert_problem(response, 401, "invalid_token", 'DPoP error="invalid_token"')
     assert "expired" in response.get_json(force=True)["detail"]
 
 
@@ -51,7 +60,7 @@ def test_a_revoked_access_token_is_refused_with_401(bed: OAuthTestBed, partner: 
     revoked = bed.revoke(partner, token)
     assert revoked.status_code == 200 and revoked.headers["Cache-Control"] == "no-store"
     response = bed.get("/protected/consents", token)
-    assert_problem(response, 401, "invalid_token", 'Bearer error="invalid_token"')
+    assert_problem(response, 401, "invalid_token", 'DPoP error="invalid_token"')
     assert "revoked" in response.get_json(force=True)["detail"]
 
 
@@ -94,8 +103,8 @@ def test_revocation_without_a_token_is_invalid_request(bed: OAuthTestBed, partne
 def test_a_token_missing_the_scope_is_refused_with_403(bed: OAuthTestBed, partner: Partner) -> None:
     token = bed.token(partner, scope="records")
     response = bed.get("/protected/consents", token)
-    assert_problem(response, 403, "insufficient_scope", 'Bearer error="insufficient_scope"')
-    assert 'scope="consents"' in response.headers["WWW-Authenticate"]
+    assert_problem(response, 403, "insufficient_scope", 'DPoP error="insufficient_scope"')
+    assert response.headers["WWW-Authenticate"].endswith(f', {ALGS}, scope="consents"')
 
 
 def test_a_scope_taken_from_the_partner_stops_working_at_once(bed: OAuthTestBed, partner: Partner) -> None:
@@ -103,7 +112,7 @@ def test_a_scope_taken_from_the_partner_stops_working_at_once(bed: OAuthTestBed,
     with bed.broker.uow() as uow:
         uow.session.execute(update(PartnerRow).where(PartnerRow.client_id == "kisalli").values(scopes=["records"]))
         uow.commit()
-    assert_problem(bed.get("/protected/consents", token), 403, "insufficient_scope", "Bearer")
+    assert_problem(bed.get("/protected/consents", token), 403, "insufficient_scope", "DPoP")
 
 
 def test_a_deactivated_partners_token_stops_working_at_once(bed: OAuthTestBed, partner: Partner) -> None:
@@ -111,35 +120,59 @@ def test_a_deactivated_partners_token_stops_working_at_once(bed: OAuthTestBed, p
     with bed.broker.uow() as uow:
         uow.session.execute(update(PartnerRow).where(PartnerRow.client_id == "kisalli").values(active=False))
         uow.commit()
-    assert_problem(bed.get("/protected/consents", token), 401, "invalid_token", 'Bearer error="invalid_token"')
+    assert_problem(bed.get("/protected/consents", token), 401, "invalid_token", 'DPoP error="invalid_token"')
 
 
-def test_a_request_without_credentials_gets_a_bare_bearer_challenge(bed: OAuthTestBed) -> None:
-    # RFC 6750 §3.1: no error attribute when the request carried no credentials at all.
+def test_a_request_without_credentials_gets_a_bare_dpop_challenge(bed: OAuthTestBed) -> None:
+    # RFC 6750 §3.1: no error attribute when the request carried no credentials at all; RFC 9449 §7.1: the DPoP
+    # challenge names the proof algorithms. Bearer is not offered: the broker requires DPoP.
     response = bed.get("/protected/consents")
-    assert_problem(response, 401, "invalid_token", "Bearer")
-    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert_problem(response, 401, "invalid_token", "DPoP")
+    assert response.headers["WWW-Authenticate"] == f"DPoP {ALGS}"
     basic = bed.get("/protected/consents", authorization="Basic a2lzYWxsaTpzZWNyZXQ=")
-    assert basic.headers["WWW-Authenticate"] == "Bearer"
+    assert basic.headers["WWW-Authenticate"] == f"DPoP {ALGS}"
+
+
+def test_without_required_dpop_the_bare_challenge_offers_both_schemes(tmp_path: Path) -> None:
+    # RFC 9449 §7.2: a resource accepting both schemes may send both challenges.
+    with open_test_bed("sqlite", tmp_path, require_dpop=False) as bed:
+        response = bed.get("/protected/consents")
+        assert_problem(response, 401, "invalid_token", "Bearer")
+        assert response.headers["WWW-Authenticate"] == f"Bearer, DPoP {ALGS}"
 
 
 @pytest.mark.parametrize(
     "authorization",
-    ["Bearer", "Bearer ", "Bearer cbat_short", "Bearer " + "cbat_" + "A" * 43, "Bearer abc.def.ghi"],
+    ["DPoP", "DPoP ", "DPoP cbat_short", "DPoP abc.def.ghi", "Bearer", "Bearer cbat_short"],
 )
-def test_a_malformed_or_unknown_token_is_refused_with_401(bed: OAuthTestBed, authorization: str) -> None:
+def test_a_malformed_token_is_refused_with_401(bed: OAuthTestBed, authorization: str) -> None:
     response = bed.get("/protected/consents", authorization=authorization)
-    assert_problem(response, 401, "invalid_token", 'Bearer error="invalid_token"')
+    assert_problem(response, 401, "invalid_token", 'DPoP error="invalid_token"')
+    assert "malformed" in response.get_json(force=True)["detail"]
 
 
-def test_the_bearer_scheme_name_is_case_insensitive(bed: OAuthTestBed, partner: Partner) -> None:
+def test_an_unknown_token_with_a_valid_proof_is_refused_with_401(bed: OAuthTestBed) -> None:
+    unknown = "cbat_" + "A" * 43
+    proof = bed.dpop.proof("GET", ISSUER + "/protected/consents", unknown)
+    response = bed.get("/protected/consents", authorization=f"DPoP {unknown}", dpop=proof)
+    assert_problem(response, 401, "invalid_token", 'DPoP error="invalid_token"')
+    assert "unknown" in response.get_json(force=True)["detail"]
+
+
+def test_the_scheme_name_is_case_insensitive(bed: OAuthTestBed, partner: Partner) -> None:
     token = bed.token(partner)
-    assert bed.get("/protected/consents", authorization=f"bearer {token}").status_code == 200
+    assert bed.get("/protected/consents", token, authorization=f"dpop {token}").status_code == 200
+    assert bed.get("/protected/consents", token, authorization=f"DPOP {token}").status_code == 200
 
 
 def test_authenticate_request_works_without_flask_and_in_a_given_session(bed: OAuthTestBed, partner: Partner) -> None:
     token = bed.token(partner, scope="consents")
-    caller = authenticate_request(bed.broker, f"Bearer {token}", "consents")
+    url = ISSUER + "/protected/consents"
+
+    def dpop() -> DpopRequest:
+        return DpopRequest(proofs=(bed.dpop.proof("GET", url, token),), method="GET", url=url)
+
+    caller = authenticate_request(bed.broker, f"DPoP {token}", "consents", dpop=dpop())
     assert (caller.partner_id, caller.organisation_id, caller.org_type) == (
         "kisalli",
         "org-kisalli",
@@ -151,11 +184,16 @@ def test_authenticate_request_works_without_flask_and_in_a_given_session(bed: OA
         frozenset({"consents"}),
     )
     with bed.broker.uow(write=False) as uow:
-        assert authenticate_request(bed.broker, f"Bearer {token}", "consents", session=uow.session) == caller
+        in_session = authenticate_request(bed.broker, f"DPoP {token}", "consents", dpop=dpop(), session=uow.session)
+        assert in_session == caller
     with pytest.raises(InsufficientScopeError):
-        authenticate_request(bed.broker, f"Bearer {token}", "records")
+        authenticate_request(bed.broker, f"DPoP {token}", "records", dpop=dpop())
     with pytest.raises(MissingTokenError):
         authenticate_request(bed.broker, None, "consents")
+    with pytest.raises(ResourceDpopProofError):  # a DPoP-bound token needs its proof
+        authenticate_request(bed.broker, f"DPoP {token}", "consents")
+    with pytest.raises(InvalidTokenError):  # and never works as a bearer token
+        authenticate_request(bed.broker, f"Bearer {token}", "consents", dpop=dpop())
     bed.clock.advance(minutes=5)
     with pytest.raises(InvalidTokenError):
-        authenticate_request(bed.broker, f"Bearer {token}", "consents")
+        authenticate_request(bed.broker, f"DPoP {token}", "consents", dpop=dpop())

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from broker.adapters.orm import AccessTokenRow, AssertionJtiRow
 from broker.oauth.assertion import ASSERTION_TYPE
-from tests.integration.conftest_oauth import RACE_BACKENDS, open_test_bed
+from tests.integration.conftest_oauth import RACE_BACKENDS, TOKEN_URL, open_test_bed
 
 REPLAYS = 8
 TRIALS = 5
@@ -35,8 +35,9 @@ def test_eight_concurrent_replays_of_one_assertion_get_exactly_one_token(backend
 
             def replay(form: dict[str, str] = form, start: threading.Barrier = start) -> tuple[int, str]:
                 client = bed.app.test_client()
+                proof = bed.dpop.proof("POST", TOKEN_URL)  # each its own DPoP proof: only the assertion repeats
                 start.wait()  # all requests leave together
-                response = client.post("/oauth/token", data=form)
+                response = client.post("/oauth/token", data=form, headers={"DPoP": proof})
                 body = response.get_json()
                 return response.status_code, body.get("error", "")
 

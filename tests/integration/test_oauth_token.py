@@ -13,7 +13,7 @@ from authlib.oauth2.rfc7523 import private_key_jwt_sign
 from joserfc.jwk import ECKey, OctKey, OKPKey
 from sqlalchemy import func, select
 
-from broker.adapters.orm import AccessTokenRow, AssertionJtiRow
+from broker.adapters.orm import AccessTokenRow, AssertionJtiRow, DpopProofJtiRow
 from broker.domain.clock import utc
 from broker.domain.model import PARTNER_SCOPES
 from broker.oauth import purge_expired
@@ -71,7 +71,7 @@ def test_a_valid_assertion_gets_a_token_that_authenticates_a_protected_route(
     assert response.headers["Cache-Control"] == "no-store"
     body = response.get_json()
     assert set(body) == {"access_token", "token_type", "expires_in", "scope"}  # no refresh token
-    assert body["token_type"] == "Bearer" and body["expires_in"] == 300
+    assert body["token_type"] == "DPoP" and body["expires_in"] == 300  # RFC 9449 §5: bound to the proof's key
     assert body["scope"] == " ".join(PARTNER_SCOPES)
     token = body["access_token"]
     assert token.startswith("cbat_") and len(token) == len("cbat_") + 43
@@ -419,7 +419,11 @@ def test_other_client_authentication_methods_are_rejected(bed: OAuthTestBed, par
         data={"grant_type": "client_credentials", "client_id": "kisalli", "client_secret": "secret"},
     )
     assert_error(secret, 401, "invalid_client", "private_key_jwt")
-    none = client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": "kisalli"})
+    none = client.post(
+        "/oauth/token",
+        data={"grant_type": "client_credentials", "client_id": "kisalli"},
+        headers={"DPoP": bed.dpop.proof("POST", TOKEN_URL)},
+    )
     assert_error(none, 401, "invalid_client", "client_assertion")
     wrong_type = bed.token_request(bed.assertion(partner), client_assertion_type="urn:example:saml")
     assert_error(wrong_type, 401, "invalid_client", "client_assertion_type")
@@ -468,11 +472,13 @@ def test_an_authlib_client_assertion_works_when_built_the_way_the_docs_say(bed: 
 
 
 def test_purging_forgets_only_what_has_expired(bed: OAuthTestBed, partner: Partner) -> None:
-    bed.token(partner, jti="early")  # jti kept until now + 30 + 10, token until now + 300
+    # Assertion jti kept until now + 30 + 10, DPoP proof jti until now + 60 (the iat window), token until now + 300.
+    bed.token(partner, jti="early")
     bed.clock.advance(seconds=100)
     bed.token(partner, jti="late")
-    assert purge_expired(bed.broker) == (1, 0)
+    assert purge_expired(bed.broker) == (2, 0)  # the first assertion's and the first proof's ids
     bed.clock.advance(seconds=250)
-    assert purge_expired(bed.broker) == (1, 1)
+    assert purge_expired(bed.broker) == (2, 1)
     with bed.broker.uow(write=False) as uow:
         assert uow.session.scalar(select(func.count()).select_from(AccessTokenRow)) == 1
+        assert uow.session.scalar(select(func.count()).select_from(DpopProofJtiRow)) == 0

@@ -10,24 +10,60 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
+from flask_smorest import Api, Blueprint
 from marshmallow import RAISE
+from webargs.flaskparser import FlaskParser
 
 from broker.http.api import current_broker, current_caller
+from broker.http.api.idempotency import idempotent_for
 from broker.oauth import require_scope
 from broker.services import consents, disclosures, notices, persons, records
 from schemas import api as s
 
-blp = Blueprint("api", __name__, url_prefix="/api/v1", description="Consent Broker partner API")
 
-PROBLEMS = {"400": "invalid request", "401": "no valid access token", "403": "forbidden", "404": "not found"}
+class _Parser(FlaskParser):
+    # A request that fails its schema is answered 400 (broker/http/errors.py), so that is the status flask-smorest
+    # documents for it too, not webargs' default 422 (which the broker answers only to an Idempotency-Key reused
+    # with another request).
+    DEFAULT_VALIDATION_STATUS = 400
+
+
+class ApiBlueprint(Blueprint):
+    ARGUMENTS_PARSER = _Parser()
+
+
+class PartnerApi(Api):
+    """flask-smorest's Api without its catch-all `default` response, which would promise flask-smorest's own error
+    body (the broker answers problem documents) and would cover any status: each operation lists every status it
+    answers (`_responses`), so one it does not list is a documentation bug that the API fuzz reports
+    (tests/integration/test_api_fuzz.py)."""
+
+    DEFAULT_ERROR_RESPONSE_NAME = None
+
+
+blp = ApiBlueprint("api", __name__, url_prefix="/api/v1", description="Consent Broker partner API")
+
+PROBLEMS = {
+    "400": "invalid request",
+    "401": "no valid access token",
+    "403": "forbidden",
+    "404": "not found",
+    "413": "the request body is larger than the broker accepts",
+    "429": "too many requests from this partner (or, unauthenticated, this address); see Retry-After",
+    "503": "the broker cannot serve the request now (its database, or the audit log's anchoring); see Retry-After",
+}
+# What any operation may answer besides its own outcomes: the abuse limits (broker/http/limits.py) and an
+# unavailable database or audit anchor (broker/http/errors.py).
+EVERY_OPERATION = (413, 429, 503)
+# Every write accepts an Idempotency-Key (broker/http/api/idempotency.py): a retry gets the first answer back.
+idempotent = idempotent_for(blp)
 
 
 def _responses(*codes: int) -> Any:
     """Document the problem responses of an operation."""
 
     def decorate(func: Any) -> Any:
-        for code in codes:
+        for code in (*codes, *EVERY_OPERATION):
             func = blp.alt_response(
                 code,
                 schema=s.ProblemSchema,
@@ -42,6 +78,7 @@ def _responses(*codes: int) -> Any:
 @blp.route("/persons/resolve")
 class PersonResolve(MethodView):
     @require_scope("persons")
+    @idempotent
     @blp.arguments(s.PersonResolveSchema())
     @blp.response(200, s.PersonSchema)
     @_responses(400, 401, 403)
@@ -53,8 +90,9 @@ class PersonResolve(MethodView):
 @blp.route("/persons/<person_id>/relationships")
 class RelationshipStart(MethodView):
     @require_scope("persons")
+    @idempotent
     @blp.response(200, s.RelationshipSchema)
-    @_responses(401, 403, 404)
+    @_responses(400, 401, 403, 404)  # 400: a malformed Idempotency-Key
     def post(self, person_id: str) -> dict[str, Any]:
         """The calling organisation starts serving the person (a service relationship)."""
         return persons.start_relationship(current_broker(), current_caller(), person_id)
@@ -63,8 +101,9 @@ class RelationshipStart(MethodView):
 @blp.route("/persons/<person_id>/relationships/end")
 class RelationshipEnd(MethodView):
     @require_scope("persons")
+    @idempotent
     @blp.response(200, s.RelationshipSchema)
-    @_responses(401, 403, 404)
+    @_responses(400, 401, 403, 404)  # 400: a malformed Idempotency-Key
     def post(self, person_id: str) -> dict[str, Any]:
         """The calling organisation stops serving the person; consents bound to the relationship end."""
         return persons.end_relationship(current_broker(), current_caller(), person_id)
@@ -73,6 +112,7 @@ class RelationshipEnd(MethodView):
 @blp.route("/persons/<person_id>/representatives")
 class Representatives(MethodView):
     @require_scope("persons")
+    @idempotent
     @blp.arguments(s.RepresentativeCreateSchema())
     @blp.response(201, s.RepresentationSchema)
     @_responses(400, 401, 403, 404)
@@ -93,6 +133,7 @@ class Representatives(MethodView):
 @blp.route("/consent-requests")
 class ConsentRequests(MethodView):
     @require_scope("consents")
+    @idempotent
     @blp.arguments(s.ConsentRequestCreateSchema())
     @blp.response(201, s.ConsentRequestSchema)
     @_responses(400, 401, 403, 404)
@@ -113,6 +154,7 @@ class ConsentRequests(MethodView):
 @blp.route("/consents")
 class Consents(MethodView):
     @require_scope("consents")
+    @idempotent
     @blp.arguments(s.ConsentCreateSchema())
     @blp.response(201, s.ConsentSchema)
     @_responses(400, 401, 403, 404)
@@ -144,6 +186,7 @@ class Consents(MethodView):
 @blp.route("/consents/<consent_id>/withdraw")
 class ConsentWithdraw(MethodView):
     @require_scope("consents")
+    @idempotent
     @blp.arguments(s.ConsentWithdrawSchema())
     @blp.response(200, s.ConsentSchema)
     @_responses(400, 401, 403, 404)
@@ -168,6 +211,7 @@ class ConsentReceipt(MethodView):
 @blp.route("/records")
 class Records(MethodView):
     @require_scope("records")
+    @idempotent
     @blp.arguments(s.RecordCreateSchema())
     @blp.response(201, s.RecordSchema)
     @_responses(400, 401, 403, 404)
@@ -181,6 +225,7 @@ class Records(MethodView):
 @blp.route("/disclosures")
 class Disclosures(MethodView):
     @require_scope("disclosures")
+    @idempotent
     @blp.arguments(s.DisclosureRequestSchema())
     @blp.response(200, s.DisclosureSchema)
     @_responses(400, 401, 403, 404)
@@ -196,6 +241,7 @@ class Disclosures(MethodView):
 @blp.route("/decisions")
 class Decisions(MethodView):
     @require_scope("disclosures")
+    @idempotent
     @blp.arguments(s.DisclosureRequestSchema())
     @blp.response(200, s.DecisionSchema)
     @_responses(400, 401, 403, 404)
@@ -210,6 +256,7 @@ class Decisions(MethodView):
 @blp.route("/notices")
 class Notices(MethodView):
     @require_scope("notices")
+    @idempotent
     @blp.arguments(s.NoticeCreateSchema())
     @blp.response(201, s.NoticeSentSchema)
     @_responses(400, 401, 403, 404)
@@ -242,8 +289,9 @@ class Inbox(MethodView):
 @blp.route("/inbox/<notice_id>/ack")
 class InboxAck(MethodView):
     @require_scope("notices")
+    @idempotent
     @blp.response(200, s.NoticeSchema)
-    @_responses(401, 403, 404)
+    @_responses(400, 401, 403, 404)  # 400: a malformed Idempotency-Key
     def post(self, notice_id: str) -> dict[str, Any]:
         """Acknowledge a notice."""
         return notices.acknowledge_notice(current_broker(), current_caller(), notice_id)

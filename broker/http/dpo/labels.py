@@ -49,6 +49,7 @@ RULES = {
     "volume_spike": _l("Unusually many requests"),
     "no_relationship": _l("Persons the organisation does not serve"),
     "repeated_denials": _l("Repeated refusals"),
+    "enumeration": _l("Many persons without a basis"),
     "statutory_exception": _l("Statutory exception used"),
 }
 
@@ -65,6 +66,10 @@ RULE_DESCRIPTIONS = {
         "not serve at the time."
     ),
     "repeated_denials": _l("At least 5 of one professional's requests were refused within an hour."),
+    "enumeration": _l(
+        "One organisation's requests or decision checks about at least 20 different persons were refused within 10 "
+        "minutes: someone may be going through persons to see whose data they can reach."
+    ),
     "statutory_exception": _l(
         "Records were disclosed without consent on a statutory exception; the law requires each such disclosure "
         "to be reviewed."

@@ -33,9 +33,17 @@ from werkzeug.exceptions import BadRequest, Forbidden, HTTPException
 
 from audit import EVENT_TYPES
 from broker.domain import labels as vocabulary
-from broker.domain.errors import BrokerError, ConflictError, InvalidHetuError, InvalidRequestError, NotFoundError
+from broker.domain.errors import (
+    BrokerError,
+    ConflictError,
+    DatabaseUnavailableError,
+    InvalidHetuError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from broker.http.dpo import charts, documents
 from broker.http.dpo.labels import FALLBACK_RETENTION, term
+from broker.http.errors import database_unavailable_response
 from broker.http.portal.i18n import LANGUAGES, NAMES, current_language, show_date, show_datetime
 from broker.http.portal.labels import label
 from broker.http.portal.security import content_security_policy, csrf_token, csrf_valid
@@ -73,6 +81,8 @@ def dpo_blueprint(static_folder: str) -> Blueprint:
     bp.before_request(_before)
     bp.after_request(_after)
     bp.context_processor(_template_context)
+    # An unusable database: 503 and a page that needs nothing from it (broker/http/errors.py), before BrokerError's.
+    bp.register_error_handler(DatabaseUnavailableError, database_unavailable_response)
     bp.register_error_handler(BrokerError, _broker_error)
     bp.register_error_handler(HTTPException, _http_error)
     bp.register_error_handler(Exception, _unexpected)

@@ -43,11 +43,13 @@ from broker.domain.errors import (
     BrokerError,
     ConflictError,
     ConsentNotActiveError,
+    DatabaseUnavailableError,
     InvalidHetuError,
     InvalidRequestError,
     NotFoundError,
 )
 from broker.domain.model import PortalUser
+from broker.http.errors import database_unavailable_response
 from broker.http.portal import labels
 from broker.http.portal.i18n import (
     LANGUAGE_COOKIE,
@@ -96,6 +98,8 @@ def portal_blueprint(static_folder: str) -> Blueprint:
     bp.before_request(_before)
     bp.after_request(_after)
     bp.context_processor(_template_context)
+    # An unusable database: 503 and a page that needs nothing from it (broker/http/errors.py), before BrokerError's.
+    bp.register_error_handler(DatabaseUnavailableError, database_unavailable_response)
     bp.register_error_handler(BrokerError, _broker_error)
     bp.register_error_handler(HTTPException, _http_error)
     bp.register_error_handler(Exception, _unexpected)
@@ -322,6 +326,13 @@ def _http_error(error: HTTPException) -> tuple[str, int]:
     if status == 405:
         return page(
             "error.html", 405, title=_("We could not do that"), message=_("This page cannot be opened this way.")
+        )
+    if status == 429:  # the login's limit per address (broker/http/limits.py); Retry-After says how long
+        return page(
+            "error.html",
+            429,
+            title=_("Too many attempts"),
+            message=_("Too many logins have been started from your network. Wait a minute and try again."),
         )
     return page(
         "error.html",

@@ -34,7 +34,10 @@ def upgrade() -> None:
     sa.Column('request_hash', sa.String(length=64), nullable=False),
     sa.Column('status', sa.Integer(), nullable=False),
     sa.Column('headers', sa.JSON(), nullable=False),
-    sa.Column('body', sa.LargeBinary(), nullable=False),
+    sa.Column('kek_id', sa.String(length=64), nullable=False),
+    sa.Column('wrapped_key', sa.LargeBinary(), nullable=False),
+    sa.Column('nonce', sa.LargeBinary(), nullable=False),
+    sa.Column('ciphertext', sa.LargeBinary(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('expires_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('client_id', 'key')
