@@ -7,13 +7,21 @@ What it does (docs/benchmarks.md has the numbers and how to read them):
 2. serves the reference app bench/bare_insert.py — one endpoint doing one durable SQLite insert — under the
    same gunicorn settings on another free port;
 3. gets an access token for the `varha-health` partner (client_credentials + private_key_jwt, the assertion
-   built with joserfc) and checks that one disclosure of Mikko's work assessment is permitted;
+   built with joserfc; DPoP-bound, RFC 9449) and checks that one disclosure of Mikko's work assessment is
+   permitted;
 4. drives `GET /healthz`, `POST /insert` (bare app) and `POST /api/v1/disclosures` with wrk — same threads,
    connections and duration for each, a short warm-up before each measured run, a fresh token per run;
-5. checks that wrk saw no error responses and no socket errors, that every disclosure was a permit, and that
-   the audit log verifies (`broker audit verify`);
+5. checks that wrk saw no error responses and no socket errors, that every disclosure was a permit, that no
+   DPoP proof had to be sent twice, and that the audit log verifies (`broker audit verify`);
 6. prints a table — requests/s and p50/p99 latency of the median run, and the ratio to /healthz as the median
    of the per-round ratios — and writes bench/results/http_disclosure-<date>.json.
+
+Every disclosure request carries its own DPoP proof, as a partner's would. wrk's Lua cannot sign, so the proofs are
+signed here just before each wrk run — warm-up and measured run apart — and wrk_report.lua sends each once. How
+many: the warm-up's from this round's /healthz rate (an upper bound of the disclosure rate), the measured run's
+from the warm-up's disclosure rate, each with a margin of two. Signing happens before wrk starts, so the client's
+cost is not in the figures; the broker's share (verifying the proof, using its `jti` once) is. A run that runs out
+of proofs would send replays, which the broker refuses: the checks count them, and the run fails.
 
 A benchmark, not a test: it sends traffic to 127.0.0.1 only, and every wrk run is bounded by `--duration`.
 """
@@ -21,9 +29,12 @@ A benchmark, not a test: it sends traffic to 127.0.0.1 only, and every wrk run i
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import secrets
@@ -56,6 +67,8 @@ PARTNER = "varha-health"
 PERSON = "Mikko Laine"
 ASK = {"category": "work_assessment", "purpose": "work_capacity_assessment"}
 WORKERS = 2
+PROOF_MARGIN = 2.0  # proofs signed per expected request (see the module's docstring)
+DPOP_MAX_AGE = 60  # the broker's default: how old a proof's `iat` may be (Settings.dpop_max_age)
 INSTALL_WRK = "wrk is not installed. On Debian/Ubuntu: apt-get install -y wrk (as root; run apt-get update first)"
 
 
@@ -151,8 +164,39 @@ def build_assertion(instance: Path, partner: dict[str, Any], issuer: str) -> str
     return jwt.encode({"alg": "Ed25519", "kid": key.kid}, claims, key, algorithms=["Ed25519"])
 
 
-def fetch_token(base_url: str, issuer: str, instance: Path, demo: dict[str, Any]) -> str:
-    """An access token for the partner: client_credentials with a private_key_jwt assertion."""
+class DpopKey:
+    """The partner's DPoP key pair (RFC 9449) and proofs signed with it, in bulk: the header is encoded once, each
+    proof gets its own `jti`, and the signature comes straight from the Ed25519 key (joserfc's general path would
+    cost several times more per proof)."""
+
+    def __init__(self) -> None:
+        from joserfc.jwk import OKPKey
+
+        self.key = OKPKey.generate_key("Ed25519")
+        public = self.key.as_dict(private=False)
+        jwk = {"kty": public["kty"], "crv": public["crv"], "x": public["x"]}
+        self._header = _b64(json.dumps({"typ": "dpop+jwt", "alg": "Ed25519", "jwk": jwk}).encode())
+
+    def proofs(self, method: str, url: str, count: int, token: str | None = None) -> list[str]:
+        """`count` proofs for `method url` (with `ath` for `token`), all with `iat` = now."""
+        base: dict[str, Any] = {"htm": method, "htu": url.split("?")[0], "iat": int(time.time())}
+        if token is not None:
+            base["ath"] = _b64(hashlib.sha256(token.encode()).digest())
+        sign = self.key.private_key.sign
+        signed = []
+        for _ in range(count):
+            payload = _b64(json.dumps({"jti": secrets.token_urlsafe(16), **base}).encode())
+            signing_input = f"{self._header}.{payload}"
+            signed.append(f"{signing_input}.{_b64(sign(signing_input.encode()))}")
+        return signed
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def fetch_token(base_url: str, issuer: str, instance: Path, demo: dict[str, Any], dpop: DpopKey) -> str:
+    """An access token for the partner: client_credentials with a private_key_jwt assertion, bound to `dpop`."""
     partner = next(p for p in demo["partners"] if p["client_id"] == PARTNER)
     form = urllib.parse.urlencode(
         {
@@ -162,13 +206,20 @@ def fetch_token(base_url: str, issuer: str, instance: Path, demo: dict[str, Any]
             "scope": "disclosures",
         }
     ).encode()
-    status, body = http_json(
-        f"{base_url}/oauth/token", data=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
-    )
-    if status != 200:
+    [proof] = dpop.proofs("POST", f"{issuer}/oauth/token", 1)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "DPoP": proof}
+    status, body = http_json(f"{base_url}/oauth/token", data=form, headers=headers)
+    if status != 200 or body.get("token_type") != "DPoP":
         raise SystemExit(f"token request failed: {status} {body}")
     token: str = body["access_token"]
     return token
+
+
+def proof_env(dpop: DpopKey, token: str, htu: str, expected: float, load: Load, path: Path) -> dict[str, str]:
+    """The wrk environment of one disclosure run: the token and a file of `expected` × margin fresh proofs."""
+    count = math.ceil(expected * PROOF_MARGIN) + 200 * load.connections
+    path.write_text("\n".join(dpop.proofs("POST", htu, count, token)) + "\n")
+    return {"BENCH_TOKEN": token, "BENCH_SCHEME": "DPoP", "BENCH_PROOFS": str(path), "BENCH_THREADS": str(load.threads)}
 
 
 # --- wrk ---
@@ -226,6 +277,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "requests": sum(r["requests"] for r in runs),
         "non_2xx": sum(r["non_2xx"] for r in runs),
         "socket_errors": sum(r["errors"][k] for r in runs for k in ("connect", "read", "write", "timeout")),
+        "proofs_exhausted": sum(r["proofs_exhausted"] for r in runs),
     }
 
 
@@ -267,6 +319,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.duration + args.warmup >= 240:
         parser.error("keep warm-up + duration well under the access token's 300 s lifetime")
     return args
+
+
+def dpop_max_age(duration: int) -> int:
+    """The broker's proof window for this run: its default, or longer when a measured run would outlast it (the
+    proofs are all signed just before the run starts)."""
+    return max(DPOP_MAX_AGE, duration + 30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,10 +389,10 @@ def _run(
     body = json.dumps({"person_id": person_id, **ASK})
 
     broker_cmd = [*taskset(server_cpus), *BROKER, "serve", "--port", str(port), "--workers", str(WORKERS)]
-    serve_env = env
+    serve_env = {**env, "BROKER_DPOP_MAX_AGE": str(dpop_max_age(load.duration))}
     if args.checkpointing == "off":
         # The anchoring gate can be switched off only in test mode; the disclosure path is otherwise the same.
-        serve_env = {**env, "BROKER_MODE": "test", "BROKER_AUDIT_SEQUENCER": "off", "BROKER_AUDIT_ANCHOR_WINDOW": "off"}
+        serve_env |= {"BROKER_MODE": "test", "BROKER_AUDIT_SEQUENCER": "off", "BROKER_AUDIT_ANCHOR_WINDOW": "off"}
     bare_env = {**env, "BENCH_BARE_DB": str(workdir / "bare.db")}
     # The broker's gunicorn settings (broker/wsgi.py): sync workers, no preload, no access log.
     bare_cmd = [
@@ -354,11 +412,14 @@ def _run(
         serve(broker_cmd, serve_env, workdir / "broker.log", f"{base_url}/healthz"),
         serve(bare_cmd, bare_env, workdir / "bare.log", f"{bare_url}/healthz"),
     ):
-        token = fetch_token(base_url, demo["issuer"], instance, demo)
+        dpop = DpopKey()
+        disclosures_url = f"{demo['issuer']}/api/v1/disclosures"  # `htu`: the URL as the issuer names it
+        token = fetch_token(base_url, demo["issuer"], instance, demo, dpop)
+        [proof] = dpop.proofs("POST", disclosures_url, 1, token)
         status, first = http_json(
             f"{base_url}/api/v1/disclosures",
             data=body.encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+            headers={"Content-Type": "application/json", "Authorization": f"DPoP {token}", "DPoP": proof},
         )
         if status != 200 or not first.get("records"):
             print(f"the disclosure is not permitted: {status} {first}", file=sys.stderr)
@@ -377,16 +438,25 @@ def _run(
             f"wrk -t{load.threads} -c{load.connections} -d{load.duration}s ({load.warmup}s warm-up each), "
             f"{args.rounds} round(s), {pin_note}, servers on CPU {server_cpus or 'any'}"
         )
+        proof_file = workdir / "proofs.txt"
         for round_no in range(1, args.rounds + 1):
             for name, (url, wrk_env) in targets.items():
-                if name == "disclosure":  # a fresh token per run: each lives 300 s
-                    wrk_env = {**wrk_env, "BENCH_TOKEN": fetch_token(base_url, demo["issuer"], instance, demo)}
-                warm = run_wrk(wrk, load, url, wrk_env, load.warmup) if load.warmup else None
-                result = run_wrk(wrk, load, url, wrk_env, load.duration)
+                warm_env = run_env = wrk_env
+                if name == "disclosure":  # a fresh token per run (each lives 300 s), fresh proofs per wrk run
+                    token = fetch_token(base_url, demo["issuer"], instance, demo, dpop)
+                    healthz_rate = runs["healthz"][-1]["requests_per_s"]
+                    expected = healthz_rate * load.warmup
+                    warm_env = wrk_env | proof_env(dpop, token, disclosures_url, expected, load, proof_file)
+                warm = run_wrk(wrk, load, url, warm_env, load.warmup) if load.warmup else None
+                if name == "disclosure":
+                    expected = (warm["requests_per_s"] if warm else healthz_rate) * load.duration
+                    run_env = wrk_env | proof_env(dpop, token, disclosures_url, expected, load, proof_file)
+                result = run_wrk(wrk, load, url, run_env, load.duration)
                 if name == "disclosure":
                     sent_disclosures += result["requests"] + (warm["requests"] if warm else 0)
                     if warm:
                         result["warmup_non_2xx"] = warm["non_2xx"]
+                        result["warmup_proofs_exhausted"] = warm["proofs_exhausted"]
                 runs[name].append(result)
                 latency = result["latency_us"]
                 print(
@@ -414,11 +484,13 @@ def _run(
     permits = after.get("permit", 0) - before.get("permit", 0)
     denies = after.get("deny", 0) - before.get("deny", 0)
     warmup_non2xx = sum(r.get("warmup_non_2xx", 0) for r in runs["disclosure"])
+    warmup_exhausted = sum(r.get("warmup_proofs_exhausted", 0) for r in runs["disclosure"])
 
     checks = {
         "disclosure_non_2xx": summary["disclosure"]["non_2xx"] + warmup_non2xx,
         "non_2xx_all_endpoints": sum(s["non_2xx"] for s in summary.values()),
         "socket_errors": sum(s["socket_errors"] for s in summary.values()),
+        "dpop_proofs_sent_twice": summary["disclosure"]["proofs_exhausted"] + warmup_exhausted,
         "disclosures_counted_by_wrk": sent_disclosures,
         "permits_committed": permits,
         "denies_committed": denies,
@@ -429,6 +501,7 @@ def _run(
         checks["non_2xx_all_endpoints"] == 0
         and checks["disclosure_non_2xx"] == 0
         and checks["socket_errors"] == 0
+        and checks["dpop_proofs_sent_twice"] == 0
         and denies == 0
         and permits >= sent_disclosures
         and checks["audit_verify_ok"]
@@ -472,6 +545,10 @@ def _run(
             "wrk_cpus": load.wrk_cpus,
             "server_cpus": server_cpus,
             "request": {"partner": PARTNER, "person": "mikko", **ASK},
+            "dpop": (
+                "DPoP-bound token, a fresh Ed25519 proof per request, signed before each wrk run (wrk cannot sign); "
+                f"broker proof window {dpop_max_age(load.duration)} s"
+            ),
         },
         "results": summary,
         "ratio_disclosure_to_healthz": ratio,

@@ -176,7 +176,7 @@ def consume_jti(uow: UnitOfWork, *, client_id: str, jti: str, expires_at: dateti
         raise InvalidClientError("This client assertion has already been used ('jti' replay).") from error
 
 
-_INSERT_PROOF_JTI = Prepared(insert(DpopProofJtiRow.__table__))
+_INSERT_PROOF_JTI = Prepared(insert(DpopProofJtiRow))
 # A label that sets the nonce key apart from every other use of the secret it is derived from.
 _NONCE_KEY_LABEL = b"consent-broker dpop-nonce v1"
 

@@ -34,11 +34,11 @@ import requests
 import urllib3
 from joserfc import jwt
 from joserfc.jwk import OKPKey
-from sqlalchemy import select, text
+from sqlalchemy import func, select
 
 from broker.adapters.envelope import Sealed, idempotency_aad, open_sealed
 from broker.adapters.leader import ADVISORY_KEY
-from broker.adapters.orm import AuditEntryRow, DisclosureRow, IdempotencyKeyRow
+from broker.adapters.orm import AuditEntryRow, AuditHeadRow, DisclosureRow, IdempotencyKeyRow
 from broker.http.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from broker.http.api.idempotency import REPLAYED
 from broker.services import Broker
@@ -549,16 +549,27 @@ def kill_plan(count: int, total: int, rng: random.Random) -> list[tuple[int, str
 # -- what the database must hold -----------------------------------------------------------------------------------
 
 
-def wait_until_sequenced(broker: Broker, timeout: float = 60.0) -> int:
-    """Wait for the served sequencer to give every appended entry its tree position; returns the pending count
-    left (0 unless the timeout passed)."""
+def last_append_id(broker: Broker) -> int:
+    with broker.uow(write=False) as uow:
+        return int(uow.session.scalar(select(func.max(AuditEntryRow.id))) or 0)
+
+
+def wait_until_sequenced(broker: Broker, up_to: int | None = None, timeout: float = 60.0) -> int:
+    """Wait for the served sequencer to give every entry appended so far (or up to the append id `up_to`) its tree
+    position — and, for all of them, to export the checkpoint of the whole tree to the sink (the export follows the
+    commit of the last batch). Returns how many entries are still waiting (0 unless the timeout passed)."""
+    waiting = select(func.count()).where(AuditEntryRow.idx.is_(None))
+    if up_to is not None:
+        waiting = waiting.where(AuditEntryRow.id <= up_to)
     deadline = time.monotonic() + timeout
     while True:
         with broker.uow(write=False) as uow:
-            pending = uow.session.scalar(text("SELECT count(*) FROM audit_entries WHERE idx IS NULL")) or 0
-        if pending == 0 or time.monotonic() > deadline:
-            return int(pending)
-        time.sleep(0.1)
+            pending = int(uow.session.scalar(waiting) or 0)
+            head = uow.session.execute(select(AuditHeadRow.size, AuditHeadRow.exported_size)).first()
+        exported = up_to is not None or (head is not None and head.exported_size == head.size)
+        if (pending == 0 and exported) or time.monotonic() > deadline:
+            return pending
+        time.sleep(0.05)
 
 
 def disclosure_ids(broker: Broker, partner: str, person_id: str) -> set[str]:

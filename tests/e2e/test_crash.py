@@ -50,6 +50,7 @@ from tests.e2e.chaos import (
     check_world,
     disclosure_ids,
     kill_plan,
+    last_append_id,
     wait_until_sequenced,
 )
 
@@ -153,7 +154,11 @@ def test_killed_workers_and_masters_lose_no_disclosure_and_log_every_one_once(wo
     verify_failures: list[str] = []
 
     def after_restart() -> None:
-        """The log as the restarted server finds it: every sequenced entry, the signed checkpoints, the sink."""
+        """The restarted server's sequencer integrates what the killed one left waiting, and the log verifies:
+        every sequenced entry, the stored subtree hashes, the signed checkpoints and the sink's newest one."""
+        left_waiting = wait_until_sequenced(reader, up_to=last_append_id(reader), timeout=30)
+        if left_waiting:
+            verify_failures.append(f"after restart {server.starts - 1}: {left_waiting} entries never sequenced")
         try:
             verified.append(verify_broker_log(reader))
         except AuditVerificationError as error:

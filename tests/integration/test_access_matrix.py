@@ -71,6 +71,7 @@ from broker.demo import DPO_PARTNER
 from broker.devidp import PORTAL_CLIENT_ID, portal_client_settings, portal_redirect_uri
 from broker.services.notices import NOTICE_KINDS
 from broker.services.sequencer import Sequencer, read_head
+from policies import Policy
 from schemas.records.examples import EXAMPLES
 from tests.integration.module_env import BACKENDS, open_module_env
 from tests.support import DpopSigner, Env, new_hetu
@@ -111,7 +112,7 @@ class Call:
 class World:
     env: Env
     document: dict[str, Any]
-    person: str  # served by the three partner callers; its health-check summary is Kisälli's under F8
+    person: str  # served by Kisälli, social work and the health centre; Kisälli may see its health-check summary
     person_hetu: str
     other_person: str  # served only by the health centre
     other_hetu: str
@@ -125,7 +126,7 @@ class World:
     portal_token: str
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> Policy:
         return self.env.broker.policy
 
     def fresh_person(self, *serving: str) -> str:

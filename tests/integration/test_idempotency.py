@@ -66,13 +66,25 @@ def person_with_a_record_and_a_consent(env: Env) -> str:
     return person_id
 
 
+def consent_body(person_id: str) -> dict[str, Any]:
+    return {
+        "person_id": person_id,
+        "recipients": ["varha-health"],
+        "categories": ["work_assessment"],
+        "purposes": ["work_capacity_assessment"],
+        "method": "in_person",
+        "witness": "Pekka Salo",
+    }
+
+
 def give_consent(env: Env, person_id: str) -> TestResponse:
     return env.post("kisalli", "/consents", consent_body(person_id))
 
 
-def disclose(env: Env, person_id: str, key: str | None, org: str = "varha-health") -> TestResponse:
+def disclose(env: Env, person_id: str, key: str | None) -> TestResponse:
+    """The health centre asks for the person's work assessments, with `key` as its Idempotency-Key (if any)."""
     headers = {HEADER: key} if key is not None else {}
-    return env.post(org, "/disclosures", {"person_id": person_id, **ASK}, headers=headers)
+    return env.post("varha-health", "/disclosures", {"person_id": person_id, **ASK}, headers=headers)
 
 
 def later(env: Env, **elapsed: float) -> None:
@@ -106,17 +118,6 @@ def test_a_retried_disclosure_gets_the_first_response_and_discloses_once(env: En
     assert before.count("disclosure:permit") == 1
     assert count(env, DisclosureRow) == 1
     assert count(env, IdempotencyKeyRow) == 1
-
-
-def consent_body(person_id: str) -> dict[str, Any]:
-    return {
-        "person_id": person_id,
-        "recipients": ["varha-health"],
-        "categories": ["work_assessment"],
-        "purposes": ["work_capacity_assessment"],
-        "method": "in_person",
-        "witness": "Pekka Salo",
-    }
 
 
 def write_request(env: Env, operation: str, person_id: str) -> tuple[str, dict[str, Any], Any]:
@@ -265,18 +266,8 @@ def test_keys_are_per_partner(env: Env) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [
-        '""',
-        '"unterminated',
-        '"one", "two"',
-        "two words",
-        '"tab\tinside"',
-        '"' + "k" * 256 + '"',
-        '"a";Bad=1',
-        "semi;colon",
-        '"a" trailing',
-    ],
-    ids=["empty", "unterminated", "two keys", "space", "tab", "too long", "bad parameter", "semicolon", "trailing"],
+    ['""', '"one", "two"', '"' + "k" * 256 + '"'],
+    ids=["empty", "two keys", "too long"],  # the parser's cases: tests/unit/test_idempotency_key.py
 )
 def test_a_malformed_key_is_400_and_nothing_is_done(env: Env, value: str) -> None:
     person_id = person_with_a_record_and_a_consent(env)
@@ -287,7 +278,6 @@ def test_a_malformed_key_is_400_and_nothing_is_done(env: Env, value: str) -> Non
     assert response.status_code == 400, response.get_json()
     problem = response.get_json()
     assert problem["code"] == "invalid_idempotency_key" and problem["field"] == HEADER
-    assert value.strip('"') not in problem["detail"] or value == '""'
     assert events(env) == logged
     assert count(env, DisclosureRow) == 0
     assert count(env, IdempotencyKeyRow) == 0

@@ -49,12 +49,14 @@ PROBLEMS = {
     "403": "forbidden",
     "404": "not found",
     "413": "the request body is larger than the broker accepts",
+    "414": "the request line is too long",
     "429": "too many requests from this partner (or, unauthenticated, this address); see Retry-After",
+    "431": "too many header fields, or too large ones",
     "503": "the broker cannot serve the request now (its database, or the audit log's anchoring); see Retry-After",
 }
-# What any operation may answer besides its own outcomes: the abuse limits (broker/http/limits.py) and an
-# unavailable database or audit anchor (broker/http/errors.py).
-EVERY_OPERATION = (413, 429, 503)
+# What any operation may answer besides its own outcomes (docs/api.md, "Errors"): the abuse limits
+# (broker/http/limits.py) and an unavailable database or audit anchor (broker/http/errors.py).
+EVERY_OPERATION = (413, 414, 429, 431, 503)
 # Every write accepts an Idempotency-Key (broker/http/api/idempotency.py): a retry gets the first answer back.
 idempotent = idempotent_for(blp)
 
