@@ -462,7 +462,7 @@ class Chaos(threading.Thread):
         self.rng = rng
         self.admin_url = admin_url
         self.kills: list[Kill] = []
-        self.exits: list[str] = []  # masters that exited without being killed
+        self.findings: list[str] = []  # what went wrong besides the kills: a master that exited by itself, …
         self.failure: BaseException | None = None
         self.stopping = threading.Event()
         self._began = time.monotonic()
@@ -489,12 +489,20 @@ class Chaos(threading.Thread):
         code = self.server.process.poll()
         if code is None:
             return
-        self.exits.append(f"the master exited by itself with {code}: {self.server.log_tail()}")
+        self.findings.append(f"the master exited by itself with {code}: {self.server.log_tail()}")
         self.server.kill_all()
         self.server.start()
         self.after_restart()
 
     def _strike(self, kind: str) -> None:
+        """Kill a target of `kind` as soon as it holds a client's connection; one that has not within 1.5 s is
+        killed all the same (and the kill is recorded as between requests)."""
+        target = None
+        if kind == "sequencer":
+            target = self._sequencer()
+            if target is None:  # none elected for seconds: a finding of its own, not a reason to wait forever
+                self.findings.append("no worker was the elected audit sequencer for 10 s")
+                return
         deadline = time.monotonic() + 1.5
         while True:
             self._watch()
@@ -505,22 +513,27 @@ class Chaos(threading.Thread):
                     self._kill_master(mid_request=bool(busy))
                     return
             else:
-                if kind == "sequencer":
-                    target = self.server.sequencer_worker(self.admin_url)
-                    candidates = [target] if target is not None else []
-                else:
-                    candidates = busy
+                candidates = [target] if target is not None else busy
                 chosen = [pid for pid in candidates if pid in busy] or (candidates if late else [])
                 if chosen:
                     pid = self.rng.choice(chosen)
                     if self.server.kill(pid):
                         self._record(kind, pid, pid in busy)
                         return
-                elif late and kind == "sequencer" and not candidates:
-                    # No sequencer elected right now (a restart just happened): take a busy worker instead.
-                    kind = "worker"
-                    deadline = time.monotonic() + 1.5
+                    if target is not None:  # it died meanwhile (a boot failure?): find the new sequencer
+                        target = self._sequencer()
             time.sleep(0.001)
+
+    def _sequencer(self, timeout: float = 10.0) -> int | None:
+        """The sequencer's worker; after a kill the other worker is elected within its next round (1 s)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._watch()
+            found = self.server.sequencer_worker(self.admin_url)
+            if found is not None:
+                return found
+            time.sleep(0.05)
+        return None
 
     def _kill_master(self, *, mid_request: bool) -> None:
         master = self.server.master

@@ -9,8 +9,9 @@ by name: adding an endpoint without deciding here who may call it, on what, fail
 **Callers.** Three partner organisations, chosen per operation group:
 
 - *right* — the organisation whose objects these are. For the partner operations Kisälli (employment services): it
-  serves the person, recorded the person's consent to its receiving their health-check summary (flow F8,
-  policies/rules/health.yaml), and its inbox holds a notice. For the audit log's operations the DPO's system.
+  serves the person, the person's consent to its receiving their health-check summary names it (flow F8,
+  policies/rules/health.yaml; recorded by the health centre, which keeps the summary), and its inbox holds a notice.
+  For the audit log's operations the DPO's system.
 - *no basis* — a partner that takes part in the person's service but lacks the basis for the object: Varha's
   adult social work serves the person and is an organisation type F8 admits, but no consent names it, and it is
   named in no consent and addressed by no notice of the matrix. For the audit operations, the same organisation's
@@ -44,9 +45,10 @@ The world is built once per backend for the module; an operation that changes it
 withdrawing a consent, recording a consent or a record) gets a fresh object for each case, so the cases do not
 depend on their order.
 
-Besides the allow-lists, the matrix documents what the API lets any partner do today, by design: look up any
-identity code, declare that it serves any person, ask any person for consent, record a consent given to it in
-person or on paper, and deposit a record about any person — each logged, none disclosing anything by itself.
+Besides the allow-lists, the matrix states what the API lets any partner do today, on any known person: look up
+an identity code, declare that it serves the person, ask the person for consent and deposit a record — each logged,
+none disclosing anything by itself — and record a consent given in person or on paper, which names the professional
+who recorded it and, naming the recorder's own organisation as recipient, opens what the policy allows on consent.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ class World:
     person_hetu: str
     other_person: str  # served only by the health centre
     other_hetu: str
-    consent: str  # Kisälli's consent of `person`, the basis of the F8 disclosures
+    consent: str  # the consent of `person` naming Kisälli, the basis of the F8 disclosures
     other_consent: str  # the health centre's consent of `other_person`
     notice: str  # in Kisälli's inbox
     other_notice: str  # in the employment authority's inbox
@@ -134,9 +136,9 @@ class World:
         self.env.serve(person_id, *serving)
         return person_id
 
-    def fresh_consent(self, org: str) -> str:
-        """A consent of a fresh person whom `org` serves, recorded by `org` and naming it."""
-        return record_consent(self.env, org, self.fresh_person(org), [org])
+    def fresh_consent(self) -> str:
+        """A consent of a fresh person whom Kisälli serves, recorded by the health centre and naming Kisälli."""
+        return record_consent(self.env, "varha-health", self.fresh_person("kisalli", "varha-health"), ["kisalli"])
 
 
 def record_consent(env: Env, org: str, person_id: str, recipients: list[str], category: str = CATEGORY) -> str:
@@ -223,7 +225,8 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             deposit = {"person_id": person_id, "category": CATEGORY, "content": EXAMPLES[CATEGORY]}
             response = env.post("varha-health", "/records", deposit)
             assert response.status_code == 201, response.get_json()
-        consent = record_consent(env, "kisalli", person, ["kisalli"])
+        # The consent is recorded where the record is kept — the health centre, which discloses under it.
+        consent = record_consent(env, "varha-health", person, ["kisalli"])
         other_consent = record_consent(env, "varha-health", other_person, ["varha-health"], "work_assessment")
         # The broker tells Kisälli when a consent naming it is withdrawn by another organisation: Kisälli's notice.
         withdrawn = record_consent(env, "varha-health", person, ["kisalli", "varha-health"], "work_assessment")
@@ -367,7 +370,7 @@ CONSENT_TERMS = {"recipients": ["kisalli"], "categories": [CATEGORY], "purposes"
 
 def _withdrawable(world: World, kind: str, fresh: bool) -> str:
     """Withdrawing changes the consent: a fresh one when the withdrawal is expected to succeed."""
-    return world.fresh_consent("kisalli") if kind == OWN and fresh else _consent(world, kind)
+    return world.fresh_consent() if kind == OWN and fresh else _consent(world, kind)
 
 
 def _consent(world: World, kind: str) -> str:

@@ -503,7 +503,7 @@ def test_the_openapi_document_declares_the_header_and_its_answers_on_every_write
     document = env.client.get("/api/v1/openapi.json").get_json()
     writes = 0
     for path, operations in document["paths"].items():
-        if not path.startswith("/api/v1/") or path.startswith("/api/v1/audit"):
+        if not path.startswith("/api/v1/"):
             continue
         for method, operation in operations.items():
             if method == "parameters":
@@ -514,6 +514,6 @@ def test_the_openapi_document_declares_the_header_and_its_answers_on_every_write
                 continue
             writes += 1
             assert len(declared) == 1 and declared[0]["in"] == "header" and not declared[0]["required"], path
-            assert {"409", "422"} <= set(operation["responses"]), path
-            assert "application/problem+json" in operation["responses"]["409"]["content"], path
+            for status in ("409", "422"):
+                assert "application/problem+json" in operation["responses"][status]["content"], (path, status)
     assert writes == 12

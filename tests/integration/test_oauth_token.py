@@ -318,6 +318,46 @@ def test_garbage_is_not_an_assertion(bed: OAuthTestBed, assertion: str) -> None:
     assert_error(bed.token_request(assertion), 401, "invalid_client")
 
 
+# --- confusions between the partner's JWTs (as in Authlib's and Keycloak's negative suites) ---
+
+
+def test_an_assertion_signed_with_the_dpop_key_instead_of_the_registered_key_is_rejected(
+    bed: OAuthTestBed, partner: Partner
+) -> None:
+    dpop_key = bed.dpop.key
+    assert_error(bed.token_request(bed.assertion(partner, key=dpop_key)), 401, "invalid_client", "signature")
+    carrying_it = bed.assertion(partner, key=dpop_key, header={"jwk": bed.dpop.public_jwk})
+    assert_error(bed.token_request(carrying_it), 401, "invalid_client", "jwk")
+    assert stored_tokens(bed) == 0
+
+
+def test_a_dpop_proof_is_not_a_client_assertion(bed: OAuthTestBed, partner: Partner) -> None:
+    proof = bed.dpop.proof("POST", TOKEN_URL, iss="kisalli", sub="kisalli", aud=ISSUER, exp=int(NOW.timestamp()) + 30)
+    assert_error(bed.token_request(proof), 401, "invalid_client", "jwk")
+    assert isinstance(partner.key, OKPKey)
+    typed = signed_by_hand({"alg": "Ed25519", "kid": "key-1", "typ": "dpop+jwt"}, bed.claims(partner), partner.key)
+    assert_error(bed.token_request(typed), 401, "invalid_client", "typ")
+
+
+def test_an_audience_array_without_the_issuer_is_rejected(bed: OAuthTestBed, partner: Partner) -> None:
+    response = bed.token_request(bed.assertion(partner, aud=[TOKEN_URL, "https://other.example"]))
+    assert_error(response, 401, "invalid_client", "single string")
+
+
+@pytest.mark.parametrize("aud", [ISSUER + "/", ISSUER.upper(), "https://broker.example.evil", ""])
+def test_an_audience_that_is_almost_the_issuer_is_rejected(bed: OAuthTestBed, partner: Partner, aud: str) -> None:
+    assert_error(bed.token_request(bed.assertion(partner, aud=aud)), 401, "invalid_client", "aud")
+
+
+def test_an_assertion_without_sub_is_rejected(bed: OAuthTestBed, partner: Partner) -> None:
+    assert_error(bed.token_request(bed.assertion(partner, sub=OMIT)), 401, "invalid_client", "sub")
+
+
+def test_an_assertion_that_expired_before_it_was_issued_is_rejected(bed: OAuthTestBed, partner: Partner) -> None:
+    now = int(NOW.timestamp())
+    assert_error(bed.token_request(bed.assertion(partner, iat=now, exp=now - 11)), 401, "invalid_client", "expired")
+
+
 # --- who is the client ---
 
 

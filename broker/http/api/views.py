@@ -48,6 +48,8 @@ PROBLEMS = {
     "401": "no valid access token",
     "403": "forbidden",
     "404": "not found",
+    "409": "the object's state does not allow it, or a request with this Idempotency-Key is still being processed "
+    "(the problem's `code` says which)",
     "413": "the request body is larger than the broker accepts",
     "414": "the request line is too long",
     "429": "too many requests from this partner (or, unauthenticated, this address); see Retry-After",
@@ -105,7 +107,7 @@ class RelationshipEnd(MethodView):
     @require_scope("persons")
     @idempotent
     @blp.response(200, s.RelationshipSchema)
-    @_responses(400, 401, 403, 404)  # 400: a malformed Idempotency-Key
+    @_responses(400, 401, 403, 404, 409)  # 400: a malformed Idempotency-Key; 409: no relationship to end
     def post(self, person_id: str) -> dict[str, Any]:
         """The calling organisation stops serving the person; consents bound to the relationship end."""
         return persons.end_relationship(current_broker(), current_caller(), person_id)
@@ -117,7 +119,7 @@ class Representatives(MethodView):
     @idempotent
     @blp.arguments(s.RepresentativeCreateSchema())
     @blp.response(201, s.RepresentationSchema)
-    @_responses(400, 401, 403, 404)
+    @_responses(400, 401, 403, 404, 409)  # 409: the organisation does not serve the person
     def post(self, body: dict[str, Any], person_id: str) -> dict[str, Any]:
         """Register a mandate the calling organisation has verified: the person with identity code `hetu` (created
         on first sight) may act for this person in the portal — a custodian for a minor, a guardian or attorney for
@@ -191,7 +193,7 @@ class ConsentWithdraw(MethodView):
     @idempotent
     @blp.arguments(s.ConsentWithdrawSchema())
     @blp.response(200, s.ConsentSchema)
-    @_responses(400, 401, 403, 404)
+    @_responses(400, 401, 403, 404, 409)  # 409: the consent is no longer active
     def post(self, body: dict[str, Any], consent_id: str) -> dict[str, Any]:
         """Record a withdrawal the person made to a professional; effective for every later request."""
         return consents.withdraw_consent(current_broker(), current_caller(), consent_id, reason=body["reason"])
