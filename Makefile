@@ -122,7 +122,7 @@ bench-portal: $(STAMP) $(MO) ## server time of every portal page, fi/sv/en, 1,00
 
 # The withdrawal race is evidence on PostgreSQL (docs/security.md): without BROKER_TEST_POSTGRES_URL the soak would
 # skip it, so it stops before it starts.
-soak: $(STAMP) $(MO) ## decide() against Cedar on 200,000 requests (BROKER_SOAK_REQUESTS, _SEED); 1,000 withdrawal races; API fuzz
+soak: $(STAMP) $(MO) ## decide() against Cedar on 200,000 requests (BROKER_SOAK_REQUESTS, _SEED); 1,000 withdrawal races; API fuzz; 10,000 disclosures under SIGKILL
 	@[ -n "$$BROKER_TEST_POSTGRES_URL" ] || { echo "make soak: set BROKER_TEST_POSTGRES_URL" >&2; exit 1; }
 	@seed=$${BROKER_SOAK_SEED:-$$(date +%s)}; echo "BROKER_SOAK_SEED=$$seed"; \
 	BROKER_SOAK_REQUESTS=$${BROKER_SOAK_REQUESTS:-200000} BROKER_SOAK_SEED=$$seed \
@@ -130,6 +130,8 @@ soak: $(STAMP) $(MO) ## decide() against Cedar on 200,000 requests (BROKER_SOAK_
 	BROKER_SOAK=1 $(BIN)/pytest -q tests/integration/test_withdrawal_race.py
 	@seed=$${BROKER_SOAK_SEED:-$$(date +%s)}; echo "BROKER_SOAK_SEED=$$seed (API fuzz)"; \
 	BROKER_SOAK=1 BROKER_SOAK_SEED=$$seed $(BIN)/pytest -q tests/integration/test_api_fuzz.py
+	@seed=$${BROKER_SOAK_SEED:-$$(date +%s)}; echo "BROKER_SOAK_SEED=$$seed (crash)"; \
+	BROKER_SOAK=1 BROKER_SOAK_SEED=$$seed $(BIN)/pytest -q -rA tests/e2e/test_crash.py
 
 translations: $(STAMP) ## extract the portal's texts, update the fi/sv/en catalogues (.po) and compile them (.mo)
 	$(BIN)/pybabel -q extract -F babel.cfg -k _l -k lazy_gettext --sort-by-file --add-location file --width 120 \

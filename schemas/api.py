@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
-from marshmallow import INCLUDE, RAISE, Schema, fields, validate
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
 
 ID = validate.Length(min=1, max=40)
 NAME = validate.Length(min=1, max=40)
+NUL = "\x00"
+
+
+def _nul_in(value: Any) -> bool:
+    if isinstance(value, str):
+        return NUL in value
+    if isinstance(value, Mapping):
+        return any(_nul_in(key) or _nul_in(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(_nul_in(item) for item in value)
+    return False
 
 
 class StrictSchema(Schema):
     class Meta:
         unknown = RAISE
+
+    @pre_load
+    def _refuse_nul(self, data: Any, **_: Any) -> Any:
+        """No text of the API has a use for U+0000, and PostgreSQL's text cannot hold it: a string that carries it,
+        anywhere in the input, is refused here and named, rather than failing in the database."""
+        if isinstance(data, Mapping):
+            for name in data:
+                if _nul_in(name):
+                    raise ValidationError("a member name must not contain the character U+0000")
+                values = data.getlist(name) if hasattr(data, "getlist") else [data[name]]  # a query string's repeats
+                if _nul_in(values):
+                    raise ValidationError("must not contain the character U+0000", field_name=name)
+        return data
 
 
 class PersonResolveSchema(StrictSchema):

@@ -180,6 +180,8 @@ class DevOpenIDCode(OpenIDCode):
         nonce = grant.request.payload.data.get("nonce") or ""
         if len(nonce) > MAX_NONCE_LENGTH:
             raise InvalidRequestError(f"The nonce may be at most {MAX_NONCE_LENGTH} characters.")
+        if "\x00" in nonce:  # it is stored and looked up as text, which PostgreSQL cannot hold with U+0000
+            raise InvalidRequestError("The nonce must not contain the character U+0000.")
         super().validate_openid_authorization_request(grant, redirect_uri)
 
     def exists_nonce(self, nonce: str, request: Any) -> bool:

@@ -127,8 +127,23 @@ def read_assertion(assertion: str) -> UnverifiedAssertion:
         raise InvalidClientError("The client assertion's payload is not JSON.") from error
     if not isinstance(claims, dict):
         raise InvalidClientError("The client assertion's payload is not a JSON object.")
+    if holds_nul(claims):
+        raise InvalidClientError("The client assertion's claims must not contain the character U+0000.")
     signing_input = obj.segments["header"] + b"." + obj.segments["payload"]
     return UnverifiedAssertion(header=header, claims=claims, signing_input=signing_input, signature=signature)
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a decoded JSON value holds U+0000 in any string or member name. No claim the broker reads has a use
+    for it, and PostgreSQL's text columns (the `jti`, the client and staff ids) cannot store it: such a JWT is
+    refused when it is read, not by the database."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(item) for item in value)
+    return False
 
 
 def _check_header(header: dict[str, Any]) -> None:

@@ -49,6 +49,7 @@ from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 from joserfc.util import urlsafe_b64decode
 
+from broker.oauth.assertion import holds_nul
 from broker.oauth.errors import DpopNonceError, DpopProofError
 
 #: The `typ` of a DPoP proof (RFC 9449 §4.2).
@@ -212,6 +213,8 @@ def _read(value: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
         raise DpopProofError("The DPoP proof's payload is not JSON.") from error
     if not isinstance(claims, dict):
         raise DpopProofError("The DPoP proof's payload is not a JSON object.")
+    if holds_nul(claims):
+        raise DpopProofError("The DPoP proof's claims must not contain the character U+0000.")
     signing_input = obj.segments["header"] + b"." + obj.segments["payload"]
     return dict(obj.headers()), claims, signing_input, signature
 

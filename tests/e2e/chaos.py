@@ -85,8 +85,8 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def _tcp_sockets() -> list[tuple[int, int, str, int]]:
-    """Every IPv4 and IPv6 TCP socket of this network namespace: (local port, remote port, state, inode)."""
+def _tcp_sockets() -> list[tuple[int, str, int]]:
+    """Every IPv4 and IPv6 TCP socket of this network namespace: (local port, state, inode)."""
     found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -95,8 +95,8 @@ def _tcp_sockets() -> list[tuple[int, int, str, int]]:
             continue
         for line in lines:
             parts = line.split()
-            local, remote, state, inode = parts[1], parts[2], parts[3], int(parts[9])
-            found.append((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), state, inode))
+            local, state, inode = parts[1], parts[3], int(parts[9])
+            found.append((int(local.rsplit(":", 1)[1], 16), state, inode))
     return found
 
 
@@ -171,7 +171,7 @@ class Server:
     def busy_workers(self) -> list[int]:
         """The workers that hold an accepted client connection now: a sync worker holds one from accept to close,
         that is for exactly the time it is serving a request."""
-        connected = {inode for local, _, state, inode in _tcp_sockets() if local == self.port and state == _ESTABLISHED}
+        connected = {inode for local, state, inode in _tcp_sockets() if local == self.port and state == _ESTABLISHED}
         return [pid for pid in self.workers() if _socket_inodes(pid) & connected]
 
     def sequencer_worker(self, admin_url: str | None) -> int | None:
@@ -194,7 +194,7 @@ class Server:
         ports = _advisory_holder_ports(admin_url)
         if not ports:
             return None
-        inodes = {inode for local, _, state, inode in _tcp_sockets() if local in ports and state == _ESTABLISHED}
+        inodes = {inode for local, state, inode in _tcp_sockets() if local in ports and state == _ESTABLISHED}
         return next((pid for pid in workers if _socket_inodes(pid) & inodes), None)
 
     def kill(self, pid: int) -> bool:

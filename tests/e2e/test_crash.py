@@ -257,10 +257,15 @@ def test_killed_workers_and_masters_lose_no_disclosure_and_log_every_one_once(wo
     assert len(kills) >= MIN_KILLS, context
     assert {k.kind for k in kills} == {"worker", "sequencer", "master"}, context
     # The kills land while their target serves a request: each waited until it held a client's connection (a
-    # sequencer's worker may be taken between requests), and each cost a client at least one answer.
+    # sequencer's worker may be taken between requests), and the clients lost at least as many requests with their
+    # connections.
     mid_request = sum(k.mid_request for k in kills)
     assert mid_request >= len(kills) - sum(k.kind == "sequencer" for k in kills), context
     assert tally.statuses["aborted"] + tally.statuses["token:aborted"] >= mid_request, context
+    if SOAK:
+        # With a hundred kills some land between a disclosure's commit and its answer: the retry must then have
+        # been answered with the stored response (in CI's fourteen this happens in most runs, and is reported).
+        assert replays_after_loss > 0, context
     assert not verify_failures, verify_failures
     assert len(verified) == server.starts - 1 == sum(k.kind == "master" for k in kills), context
     assert pending == 0, f"{pending} audit entries never sequenced"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import request
 from flask.views import MethodView
 from flask_smorest import Api, Blueprint
 from marshmallow import RAISE
 from webargs.flaskparser import FlaskParser
 
+from broker.domain.errors import NotFoundError
 from broker.http.api import current_broker, current_caller
 from broker.http.api.idempotency import idempotent_for
 from broker.oauth import require_scope
@@ -61,6 +63,14 @@ PROBLEMS = {
 EVERY_OPERATION = (413, 414, 429, 431, 503)
 # Every write accepts an Idempotency-Key (broker/http/api/idempotency.py): a retry gets the first answer back.
 idempotent = idempotent_for(blp)
+
+
+@blp.before_request
+def _refuse_nul_in_path() -> None:
+    """An id with U+0000 names no object, and PostgreSQL's text cannot hold it (bodies and query strings are refused
+    by their schemas, schemas/api.py)."""
+    if any(isinstance(value, str) and s.NUL in value for value in (request.view_args or {}).values()):
+        raise NotFoundError("no object has an id with the character U+0000")
 
 
 def _responses(*codes: int) -> Any:
