@@ -101,6 +101,15 @@ class IdempotencyKeyInUseError(BrokerError):
     title = "A request with this Idempotency-Key is in progress"
 
 
+class ReplayAfterWithdrawalError(BrokerError):
+    """A retried disclosure whose first answer was permitted under a consent that has since been withdrawn or has
+    expired: the content is not sent again (DESIGN.md invariant 3). The disclosure itself stays in the log."""
+
+    code = "consent_no_longer_active"
+    status = 403
+    title = "The consent behind this disclosure is no longer active"
+
+
 class DatabaseUnavailableError(BrokerError):
     """The database cannot be used just now: unreachable, shutting down, out of resources, or slower than a
     request's time limits (broker/adapters/database.py, `unavailability`). The answer is 503 with `Retry-After`;

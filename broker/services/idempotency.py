@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,10 +38,10 @@ from sqlalchemy import bindparam, delete, insert, select, text, tuple_
 
 from broker.adapters.database import Prepared
 from broker.adapters.envelope import Sealed, idempotency_aad, open_sealed, seal
-from broker.adapters.orm import IdempotencyKeyRow
+from broker.adapters.orm import ConsentRow, IdempotencyKeyRow
 from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
-from broker.domain.errors import IdempotencyKeyInUseError, IdempotencyKeyReusedError
+from broker.domain.errors import IdempotencyKeyInUseError, IdempotencyKeyReusedError, ReplayAfterWithdrawalError
 from broker.domain.model import Caller
 from broker.services import Broker
 
@@ -158,8 +159,46 @@ def idempotent_write(broker: Broker, client_id: str, key: str, fingerprint: str)
                 field="Idempotency-Key",
             )
         replay = _stored(broker, found, client_id, key)
+        _require_consents_still_active(uow, replay, now)
     # The unit of work is closed (on SQLite, the write lock released) before the replay is answered.
     yield Attempt(broker, None, client_id, key, fingerprint, replay=replay)
+
+
+def _consents_behind(response: StoredResponse) -> set[str]:
+    """The consents a stored disclosure answer was permitted under: its own basis and each record's."""
+    if response.status >= 300:
+        return set()
+    try:
+        body = json.loads(response.body)
+    except ValueError:
+        return set()
+    if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+        return set()  # not a disclosure: nothing of a person's record is sent again
+    bases = [body.get("basis")] + [record.get("basis") for record in body["records"] if isinstance(record, dict)]
+    return {basis["consent_id"] for basis in bases if isinstance(basis, dict) and basis.get("consent_id")}
+
+
+def _require_consents_still_active(uow: UnitOfWork, replay: StoredResponse, now: datetime) -> None:
+    """A replay re-sends record content. It may do so only while every consent it was permitted under is still
+    active: after a withdrawal nothing under that consent leaves the broker again, a retry included (DESIGN.md
+    invariant 3). The consents are read in this transaction, as a new disclosure would read them."""
+    consent_ids = _consents_behind(replay)
+    if not consent_ids:
+        return
+    rows = uow.session.execute(
+        select(ConsentRow.id, ConsentRow.status, ConsentRow.valid_until).where(ConsentRow.id.in_(consent_ids))
+    ).all()
+    ended = sorted(
+        row.id
+        for row in rows
+        if row.status != "active" or (row.valid_until is not None and utc(row.valid_until) <= now)
+    )
+    if ended or len(rows) != len(consent_ids):
+        raise ReplayAfterWithdrawalError(
+            "the disclosure answered under this Idempotency-Key was permitted under consent "
+            f"{', '.join(repr(c) for c in ended or sorted(consent_ids))}, which is no longer active; its content "
+            "is not sent again. The disclosure stays in the audit log."
+        )
 
 
 def _claim(uow: UnitOfWork, client_id: str, key: str, now: datetime) -> Any | None:

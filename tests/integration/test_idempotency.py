@@ -120,6 +120,30 @@ def test_a_retried_disclosure_gets_the_first_response_and_discloses_once(env: En
     assert count(env, IdempotencyKeyRow) == 1
 
 
+def test_after_the_withdrawal_a_retry_does_not_send_the_content_again(env: Env) -> None:
+    """DESIGN.md invariant 3: once the consent is withdrawn, nothing under it leaves the broker, a replay included.
+    The first disclosure stays as it was: in the log and in the disclosures table."""
+    person_id = person_with_a_record_and_a_consent(env)
+    key = new_key()
+    first = disclose(env, person_id, key)
+    assert first.status_code == 200, first.get_json()
+    consent_id = first.get_json()["basis"]["consent_id"]
+    withdrawn = env.post("kisalli", f"/consents/{consent_id}/withdraw", {"reason": "the person asked"})
+    assert withdrawn.status_code == 200, withdrawn.get_json()
+    before = events(env)
+
+    retry = disclose(env, person_id, key)
+
+    assert retry.status_code == 403, retry.get_json()
+    problem = retry.get_json()
+    assert problem["code"] == "consent_no_longer_active"
+    assert consent_id in problem["detail"]
+    assert "records" not in problem
+    assert first.get_json()["records"][0]["content"] and '"content"' not in retry.get_data(as_text=True)
+    assert events(env) == before, "a refused replay is no new decision"
+    assert count(env, DisclosureRow) == 1
+
+
 def write_request(env: Env, operation: str, person_id: str) -> tuple[str, dict[str, Any], Any]:
     """The path and body of one write, and the table it adds a row to (None: it changes a row, or adds to several)."""
     if operation == "deposit":
