@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from flask import Blueprint, Flask, Response, after_this_request, current_app, g, jsonify, request
 
@@ -161,8 +161,24 @@ def _dpop_request() -> DpopRequest:
     """The request's DPoP proofs, method and public URL. A proof holds no comma (a JWS compact serialization is
     base64url and dots), so a header that a proxy folded into one comma-separated line still counts as several."""
     proofs = tuple(part.strip() for value in request.headers.getlist("DPoP") for part in value.split(","))
-    url = _broker().settings.issuer + quote(request.path, safe=_PATH_SAFE)
+    url = _broker().settings.issuer + _path_as_sent()
     return DpopRequest(proofs=proofs, method=request.method, url=url)
+
+
+def _path_as_sent() -> str:
+    """The request path as the client wrote it, below any mount point. A client signs the URL it sends, and a
+    decoded path written back cannot tell `%28` from `(`: the raw request target (gunicorn's `RAW_URI`, Werkzeug's
+    `REQUEST_URI`) is used when it decodes to the routed path, and both sides are then compared after RFC 3986
+    §6.2.2 normalisation. A target a proxy rewrote falls back to the routed path, re-encoded."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if raw:
+        path = raw.split("?", 1)[0].split("#", 1)[0]
+        root = quote(request.script_root, safe=_PATH_SAFE)
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if path.startswith("/") and unquote(path) == request.path:
+            return path
+    return quote(request.path, safe=_PATH_SAFE)
 
 
 def _with_nonce(response: Response) -> Response:

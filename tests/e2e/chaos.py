@@ -174,11 +174,11 @@ class Server:
         connected = {inode for local, state, inode in _tcp_sockets() if local == self.port and state == _ESTABLISHED}
         return [pid for pid in self.workers() if _socket_inodes(pid) & connected]
 
-    def sequencer_worker(self, admin_url: str | None) -> int | None:
+    def sequencer_worker(self, postgres_url: str | None) -> int | None:
         """The worker elected to sequence the audit log: on SQLite the holder of the election's file lock (an open
         descriptor of `<database>.sequencer`); on PostgreSQL the worker whose connection holds the advisory lock."""
         workers = self.workers()
-        if admin_url is None:
+        if postgres_url is None:
             for pid in workers:
                 try:
                     names = os.listdir(f"/proc/{pid}/fd")
@@ -191,7 +191,7 @@ class Server:
                     except OSError:
                         continue
             return None
-        ports = _advisory_holder_ports(admin_url)
+        ports = _advisory_holder_ports(postgres_url)
         if not ports:
             return None
         inodes = {inode for local, state, inode in _tcp_sockets() if local in ports and state == _ESTABLISHED}
@@ -234,12 +234,12 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def _advisory_holder_ports(admin_url: str) -> set[int]:
+def _advisory_holder_ports(postgres_url: str) -> set[int]:
     """The client ports of the PostgreSQL sessions holding the sequencer's advisory lock in the database of
-    `admin_url` (pg_locks shows a bigint key as classid = high 32 bits, objid = low 32 bits, objsubid = 1)."""
+    `postgres_url` (pg_locks shows a bigint key as classid = high 32 bits, objid = low 32 bits, objsubid = 1)."""
     import psycopg
 
-    url = admin_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    url = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as connection:
         rows = connection.execute(
             "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
@@ -299,9 +299,17 @@ class Partner:
     """One partner system's client with a DPoP key of its own (one per client thread)."""
 
     def __init__(
-        self, base_url: str, issuer: str, client_id: str, key: OKPKey, actor: dict[str, str], tally: Tally
+        self,
+        base_url: str,
+        issuer: str,
+        client_id: str,
+        key: OKPKey,
+        actor: dict[str, str],
+        tally: Tally,
+        stop: threading.Event | None = None,
     ) -> None:
         self.base_url = base_url
+        self.stop = stop or threading.Event()  # set: give up at once (the run has failed already)
         self.issuer = issuer
         self.client_id = client_id
         self.key = key
@@ -328,7 +336,7 @@ class Partner:
     def fetch_token(self, deadline: float) -> None:
         """A DPoP-bound access token (RFC 9449 §5), asked for until one comes or the deadline passes."""
         url = f"{self.base_url}/oauth/token"
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stop.is_set():
             form = {
                 "grant_type": "client_credentials",
                 "client_assertion_type": ASSERTION_TYPE,
@@ -369,7 +377,7 @@ class Partner:
         """Ask until a final answer; every try with the same Idempotency-Key and a fresh DPoP proof."""
         url = f"{self.base_url}/api/v1/disclosures"
         attempts: list[str] = []
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stop.is_set():
             if self.token is None:
                 self.fetch_token(deadline)
             # The key as an sf-string (RFC 9651 §3.3.3), as draft-ietf-httpapi-idempotency-key-header §2.1 has it.
@@ -452,7 +460,7 @@ class Chaos(threading.Thread):
         progress: Callable[[], int],
         after_restart: Callable[[], None],
         rng: random.Random,
-        admin_url: str | None,
+        postgres_url: str | None,
     ) -> None:
         super().__init__(name="chaos", daemon=True)
         self.server = server
@@ -460,11 +468,12 @@ class Chaos(threading.Thread):
         self.progress = progress
         self.after_restart = after_restart
         self.rng = rng
-        self.admin_url = admin_url
+        self.postgres_url = postgres_url
         self.kills: list[Kill] = []
         self.findings: list[str] = []  # what went wrong besides the kills: a master that exited by itself, …
         self.failure: BaseException | None = None
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # set by the test when the clients are done
+        self.aborted = threading.Event()  # set here when the chaos has failed: the clients stop too
         self._began = time.monotonic()
 
     def run(self) -> None:
@@ -481,6 +490,7 @@ class Chaos(threading.Thread):
                 time.sleep(0.005)
         except BaseException as error:  # reported by the test
             self.failure = error
+            self.aborted.set()
 
     def _watch(self) -> None:
         """A master that exits without being killed (gunicorn halts when a worker fails to boot) is a finding:
@@ -495,7 +505,7 @@ class Chaos(threading.Thread):
         self.after_restart()
 
     def _strike(self, kind: str) -> None:
-        """Kill a target of `kind` as soon as it holds a client's connection; one that has not within 1.5 s is
+        """Kill a target of `kind` as soon as it holds a client's connection; when none has within 1.5 s, one is
         killed all the same (and the kill is recorded as between requests)."""
         target = None
         if kind == "sequencer":
@@ -504,7 +514,7 @@ class Chaos(threading.Thread):
                 self.findings.append("no worker was the elected audit sequencer for 10 s")
                 return
         deadline = time.monotonic() + 1.5
-        while True:
+        while not self.stopping.is_set():
             self._watch()
             busy = self.server.busy_workers()
             late = time.monotonic() > deadline
@@ -513,7 +523,7 @@ class Chaos(threading.Thread):
                     self._kill_master(mid_request=bool(busy))
                     return
             else:
-                candidates = [target] if target is not None else busy
+                candidates = [target] if target is not None else (self.server.workers() if late else busy)
                 chosen = [pid for pid in candidates if pid in busy] or (candidates if late else [])
                 if chosen:
                     pid = self.rng.choice(chosen)
@@ -529,7 +539,7 @@ class Chaos(threading.Thread):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._watch()
-            found = self.server.sequencer_worker(self.admin_url)
+            found = self.server.sequencer_worker(self.postgres_url)
             if found is not None:
                 return found
             time.sleep(0.05)
@@ -549,13 +559,14 @@ class Chaos(threading.Thread):
 
 
 def kill_plan(count: int, total: int, rng: random.Random) -> list[tuple[int, str]]:
-    """`count` kills at random points of a run of `total` disclosures, one in each of `count` equal stretches,
+    """`count` kills at random points of a run of `total` disclosures, one in each of `count` equal stretches of
+    its first 85 % (so that the last kills still find the clients at work when a restart has held the kills back),
     a quarter of them the master, a fifth the sequencer's worker, the rest whichever worker is serving."""
     masters = max(1, count // 4)
     sequencers = max(1, count // 5)
     kinds = ["master"] * masters + ["sequencer"] * sequencers + ["worker"] * (count - masters - sequencers)
     rng.shuffle(kinds)
-    stretch = total / (count + 1)
+    stretch = 0.85 * total / (count + 1)
     return [(int(stretch * (i + rng.uniform(0.5, 1.5))), kind) for i, kind in enumerate(kinds)]
 
 

@@ -74,7 +74,7 @@ class World:
     env: dict[str, str]
     port: int
     instance: Path
-    admin_url: str | None  # the run's own PostgreSQL database, None on SQLite
+    postgres_url: str | None  # the run's own PostgreSQL database, None on SQLite
     setup_seconds: float
 
 
@@ -172,7 +172,7 @@ def test_killed_workers_and_masters_lose_no_disclosure_and_log_every_one_once(wo
     client_failures: list[BaseException] = []
 
     def client() -> None:
-        partner = Partner(server.base_url, demo["issuer"], PARTNER, key, entry["actor"], tally)
+        partner = Partner(server.base_url, demo["issuer"], PARTNER, key, entry["actor"], tally, chaos.aborted)
         try:
             while True:
                 with keys_lock:
@@ -183,8 +183,8 @@ def test_killed_workers_and_masters_lose_no_disclosure_and_log_every_one_once(wo
         except BaseException as error:  # reported below
             client_failures.append(error)
 
-    admin_url = world.admin_url if world.admin_url and not world.admin_url.startswith("sqlite") else None
-    chaos = Chaos(server, kill_plan(KILLS, DISCLOSURES, rng), lambda: tally.finished, after_restart, rng, admin_url)
+    plan = kill_plan(KILLS, DISCLOSURES, rng)
+    chaos = Chaos(server, plan, lambda: tally.finished, after_restart, rng, world.postgres_url)
     seconds = {"demo created": world.setup_seconds}
 
     def lap(phase: str) -> None:
@@ -231,7 +231,7 @@ def test_killed_workers_and_masters_lose_no_disclosure_and_log_every_one_once(wo
         "disclosures": DISCLOSURES,
         "seconds": {phase: round(value, 1) for phase, value in seconds.items()},
         "kills": dict(Counter(k.kind for k in kills)),
-        "kills_mid_request": sum(k.mid_request for k in kills),
+        "kills_mid_request": dict(Counter(k.kind for k in kills if k.mid_request)),
         "server_starts": server.starts,
         "start_seconds": [round(s, 2) for s in server.start_seconds],
         "answers": dict(tally.statuses),

@@ -527,6 +527,20 @@ def test_the_api_checks_htu_against_the_issuer_not_the_host_header(env: Env) -> 
     assert response.status_code == 401 and "http://broker.test/api/v1/inbox" in response.get_json()["detail"]
 
 
+def test_a_path_with_an_escaped_reserved_character_is_checked_as_the_client_sent_it(env: Env) -> None:
+    # "%28" and "(" are different URIs (RFC 3986 §2.2): the proof must name the one the client sent, not the
+    # routed path written back. The consent does not exist: what matters is getting past the proof to the 404.
+    token = env.token("kisalli")
+    signer = env.signer("kisalli")
+    path = "/api/v1/consents/%28x/receipt"
+    sent = signer.proof("GET", "http://broker.test" + path, token)
+    response = env.client.get(path, headers={"Authorization": f"DPoP {token}", "DPoP": sent})
+    assert response.status_code == 404, response.get_json()
+    decoded = signer.proof("GET", "http://broker.test/api/v1/consents/(x/receipt", token)
+    response = env.client.get(path, headers={"Authorization": f"DPoP {token}", "DPoP": decoded})
+    assert response.status_code == 401 and response.get_json()["code"] == "invalid_dpop_proof"
+
+
 # --- settings and the pure parts ---
 
 
