@@ -350,7 +350,7 @@ def cmd_jobs_run(args: argparse.Namespace) -> int:
         responses = purge_expired_keys(broker)
     finally:
         broker.db.dispose()
-    print(f"forgot {jtis} used assertion ids and {tokens} expired access tokens")
+    print(f"forgot {jtis} used assertion and DPoP proof ids and {tokens} expired access tokens")
     print(f"forgot {responses} stored responses of expired Idempotency-Keys")
     return 0
 
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "run",
         cmd_jobs_run,
-        "run the periodic jobs once (forget expired assertion ids, tokens and Idempotency-Key responses)",
+        "run the periodic jobs once (forget expired assertion and DPoP proof ids, tokens and Idempotency-Key responses)",
         jobs,
     )
 

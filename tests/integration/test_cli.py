@@ -365,7 +365,7 @@ def test_jobs_run_forgets_only_expired_assertion_ids_and_tokens(demo_copy: Path)
     connection.close()
     result = run("jobs", "run", instance=demo_copy)
     assert result.returncode == 0, result.stderr
-    assert "forgot 1 used assertion ids and 1 expired access tokens" in result.stdout
+    assert "forgot 1 used assertion and DPoP proof ids and 1 expired access tokens" in result.stdout
     with sqlite3.connect(demo_copy / "broker.db") as connection:
         assert connection.execute("SELECT jti FROM assertion_jtis").fetchall() == [("live",)]
         assert connection.execute("SELECT token_hash FROM access_tokens").fetchall() == [("1" * 64,)]
