@@ -116,4 +116,6 @@ def main(partner, person_id, category, purpose, instance=Path("instance")):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 5:
+        sys.exit("usage: python docs/examples/disclose.py PARTNER PERSON_ID CATEGORY PURPOSE")
     sys.exit(main(*sys.argv[1:5]))
