@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "run",
         cmd_jobs_run,
-        "run the periodic jobs once (forget expired assertion and DPoP proof ids, tokens and Idempotency-Key responses)",
+        "run the periodic jobs once (forget expired assertion and DPoP proof ids, tokens, Idempotency-Key responses)",
         jobs,
     )
 
