@@ -9,10 +9,14 @@ import hashlib
 import itertools
 import json
 import secrets
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -257,3 +261,28 @@ def make_env(settings: Settings, clock: FixedClock) -> Env:
     app = create_app(settings, broker=broker)
     app.testing = True
     return Env(broker=broker, app=app, client=app.test_client(), clock=clock)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The broker's command line, run by this interpreter (the served tests start `broker serve` with it).
+BROKER_CLI = [sys.executable, "-m", "broker.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def create_demo_instance(env: dict[str, str], port: int) -> None:
+    """`broker demo --no-serve` with `env`: the demo instance a served test then serves on `port`."""
+    created = subprocess.run(
+        [*BROKER_CLI, "demo", "--no-serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert created.returncode == 0, created.stderr

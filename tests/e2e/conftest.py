@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 import requests
+
+from tests.support import create_demo_instance, free_port
 
 if TYPE_CHECKING:
     from authlib.integrations.requests_client import OAuth2Session
@@ -40,29 +41,14 @@ class Served:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     instance = tmp_path_factory.mktemp("e2e") / "instance"
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "BROKER_MODE": "demo", "BROKER_INSTANCE_PATH": str(instance), "BROKER_ISSUER": base_url}
     env.pop("BROKER_DATABASE_URL", None)
-    created = subprocess.run(
-        [*BROKER, "demo", "--no-serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert created.returncode == 0, created.stderr
+    create_demo_instance(env, port)
     log_path = instance.parent / "server.log"
     log = log_path.open("w")
     server = subprocess.Popen(

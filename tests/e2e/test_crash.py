@@ -21,7 +21,6 @@ import json
 import os
 import random
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -53,6 +52,7 @@ from tests.e2e.chaos import (
     last_append_id,
     wait_until_sequenced,
 )
+from tests.support import create_demo_instance, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -78,12 +78,6 @@ class World:
     setup_seconds: float
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(
     params=[
         "sqlite",
@@ -103,7 +97,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
     the same database would otherwise hold the election."""
     began = time.monotonic()
     instance = tmp_path / "instance"
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "BROKER_MODE": "demo", "BROKER_INSTANCE_PATH": str(instance), "BROKER_ISSUER": base_url}
     env.pop("BROKER_DATABASE_URL", None)
@@ -121,16 +115,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
         env["BROKER_DATABASE_URL"] = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     try:
-        created = subprocess.run(
-            [*BROKER, "demo", "--no-serve", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        assert created.returncode == 0, created.stderr
+        create_demo_instance(env, port)
         yield World(env, port, instance, env.get("BROKER_DATABASE_URL"), time.monotonic() - began)
     finally:
         if admin is not None:

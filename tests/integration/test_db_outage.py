@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from sqlalchemy import select, text
 from broker.adapters.orm import AuditEntryRow, DisclosureRow
 from broker.app import build_broker
 from broker.config import Settings
-from tests.support import DpopSigner
+from tests.support import DpopSigner, create_demo_instance, free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -100,12 +99,6 @@ class Cluster:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{DATABASE}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _listed() -> dict[str, tuple[str, int, str]]:
     """pg_lsclusters: cluster name → (version, port, status), for this test's cluster name only."""
     found = {}
@@ -141,7 +134,7 @@ def _cluster() -> Iterator[Cluster]:
     if existing is None:
         version = _newest_version()
         created = subprocess.run(
-            ["pg_createcluster", version, CLUSTER, "-p", str(_free_port()), "--", "--auth=trust"],
+            ["pg_createcluster", version, CLUSTER, "-p", str(free_port()), "--", "--auth=trust"],
             capture_output=True,
             text=True,
             timeout=120,
@@ -188,7 +181,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     instance = tmp_path_factory.mktemp("outage") / "instance"
-    port = _free_port()
+    port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -205,16 +198,7 @@ def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         # the database, not of the limits (broker/http/limits.py).
         "BROKER_RATE_LIMITS": "off",
     }
-    created = subprocess.run(
-        [*BROKER, "demo", "--no-serve", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert created.returncode == 0, created.stderr
+    create_demo_instance(env, port)
     log_path = instance.parent / "server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
