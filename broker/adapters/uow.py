@@ -5,12 +5,17 @@ Repositories and views never commit (STYLE.md: the use case owns the transaction
 One exception to "one use case, one transaction": a caller may open a unit of work and make it *ambient*
 (`UnitOfWork.ambient()`); while it is, the use cases it runs join it (`join_ambient`, used by `Broker.uow`), each
 in a savepoint of the ambient transaction, and the caller commits once. The Idempotency-Key wrapper does this, so
-that the stored response and the write it answers are committed together (broker/services/idempotency.py)."""
+that the stored response and the write it answers are committed together (broker/services/idempotency.py).
+
+A request may also leave one piece of work for its first write transaction (`first_write`): a DPoP proof's `jti`
+is used once by an insert (RFC 9449 §11.1), and doing that in the request's own write transaction instead of one of
+its own saves a second durable commit per request — on SQLite a second turn of the write lock. The caller does the
+work itself, in a transaction of its own, when no write unit of work of the request committed it."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from types import TracebackType
 
@@ -22,6 +27,37 @@ from broker.adapters.database import Database
 # The unit of work that use cases join instead of opening their own (see the module's docstring). A context
 # variable, so that each request's thread (or task) sees only its own.
 _AMBIENT: ContextVar[UnitOfWork | None] = ContextVar("broker_ambient_unit_of_work", default=None)
+
+
+class FirstWrite:
+    """Work for the first write transaction of a request (see the module's docstring). `done` turns true when a unit
+    of work that did it has committed; until then every new write unit of work does it again, first thing (the
+    earlier one rolled it back with the rest of its work)."""
+
+    __slots__ = ("_apply", "done")
+
+    def __init__(self, apply: Callable[[Session], None]) -> None:
+        self._apply = apply
+        self.done = False
+
+    def apply(self, session: Session) -> None:
+        self._apply(session)
+
+
+_FIRST_WRITE: ContextVar[FirstWrite | None] = ContextVar("broker_first_write", default=None)
+
+
+@contextlib.contextmanager
+def first_write(apply: Callable[[Session], None]) -> Iterator[FirstWrite]:
+    """Inside this block, the first write unit of work on any database starts its transaction with `apply(session)`
+    (an exception from it leaves the unit of work unentered and propagates to the use case's caller). After the
+    block, `done` says whether a committed transaction did it; if not, the caller must do it otherwise."""
+    pending = FirstWrite(apply)
+    token = _FIRST_WRITE.set(pending)
+    try:
+        yield pending
+    finally:
+        _FIRST_WRITE.reset(token)
 
 
 class UnitOfWork:
@@ -42,9 +78,10 @@ class UnitOfWork:
         self.session: Session
 
     def __enter__(self) -> UnitOfWork:
+        self._first: FirstWrite | None = None
         if not (self._write and self._db.sqlite):
             self.session = self._db.session(write=self._write)
-            return self
+            return self._begin_first_write()
         connection = self._db.engine.connect()  # no transaction yet: a Connection begins on first use
         try:
             # The connection's transactions begin with BEGIN IMMEDIATE (database.py); the session begins its
@@ -66,6 +103,18 @@ class UnitOfWork:
             raise
         self._lock = lock
         self._connection = connection
+        return self._begin_first_write()
+
+    def _begin_first_write(self) -> UnitOfWork:
+        pending = _FIRST_WRITE.get() if self._write else None
+        if pending is None or pending.done:
+            return self
+        try:
+            pending.apply(self.session)
+        except BaseException as error:
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
+        self._first = pending
         return self
 
     def __exit__(
@@ -103,6 +152,8 @@ class UnitOfWork:
 
     def commit(self) -> None:
         self.session.commit()
+        if self._first is not None:
+            self._first.done = True
 
     @property
     def postgres(self) -> bool:

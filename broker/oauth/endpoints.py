@@ -22,17 +22,19 @@ from urllib.parse import quote, unquote
 
 from flask import Blueprint, Flask, Response, after_this_request, current_app, g, jsonify, request
 
+from broker.adapters.uow import first_write
 from broker.domain.model import SCOPES
-from broker.oauth.dpop import DpopRequest
+from broker.oauth.dpop import DpopProof, DpopRequest
 from broker.oauth.errors import (
     InvalidClientError,
     InvalidRequestError,
     OAuthError,
     ResourceAccessError,
+    ResourceDpopProofError,
     TokenEndpointError,
 )
 from broker.oauth.metadata import JWKS_PATH, METADATA_PATH, REVOCATION_PATH, TOKEN_PATH, server_metadata
-from broker.oauth.protector import authenticate_request
+from broker.oauth.protector import check_request, proof_jti_writer, use_proof
 from broker.oauth.tokens import (
     ClientCredentials,
     TokenIssuedHook,
@@ -224,20 +226,44 @@ def require_scope(scope: str) -> Callable[[View], View]:
     def decorator(view: View) -> View:
         @functools.wraps(view)
         def protected(*args: Any, **kwargs: Any) -> Any:
+            broker = _broker()
             try:
-                caller = authenticate_request(
-                    _broker(), request.headers.get("Authorization"), scope, dpop=_dpop_request()
-                )
+                caller, proof = check_request(broker, request.headers.get("Authorization"), scope, dpop=_dpop_request())
             except ResourceAccessError as error:
                 return problem_response(error)
             g.caller = dataclasses.replace(caller, request_id=g.get("request_id"))
-            if _broker().settings.dpop_nonces:
+            if broker.settings.dpop_nonces:
                 after_this_request(_with_nonce)
-            return view(*args, **kwargs)
+            if proof is None:
+                return view(*args, **kwargs)
+            return _view_using_proof(broker, proof, functools.partial(view, *args, **kwargs))
 
         return protected  # type: ignore[return-value]
 
     return decorator
+
+
+def _view_using_proof(broker: Broker, proof: DpopProof, view: Callable[[], Any]) -> Any:
+    """Run the view with the proof's `jti` used once (RFC 9449 §11.1) by the request's first write transaction: a
+    disclosure then makes one durable commit, not two. A request whose view committed no write (a read, a refusal)
+    uses it in a transaction of its own before its answer leaves; a replay detected either way answers 401 instead
+    of whatever the view made."""
+    failure: BaseException | None = None
+    with first_write(proof_jti_writer(proof)) as pending:
+        try:
+            result = view()
+        except ResourceDpopProofError as error:
+            return problem_response(error)
+        except BaseException as error:  # re-raised below, once the proof has been used
+            failure = error
+    if not pending.done:
+        try:
+            use_proof(broker, proof)
+        except ResourceDpopProofError as error:
+            return problem_response(error)
+    if failure is not None:
+        raise failure
+    return result
 
 
 def problem_response(error: ResourceAccessError) -> Response:

@@ -17,6 +17,7 @@ partner or a withdrawn scope grant takes effect at once. Nothing about a partner
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, bindparam, select
@@ -119,6 +120,23 @@ def authenticate_request(
     single read that needs no ORM session (and, on SQLite, never waits for the write lock).
     Raises `MissingTokenError` / `InvalidTokenError` / `ResourceDpopProofError` (401) or
     `InsufficientScopeError` (403)."""
+    caller, proof = check_request(broker, authorization_header, required_scope, dpop=dpop, session=session)
+    if proof is not None:
+        use_proof(broker, proof)
+    return caller
+
+
+def check_request(
+    broker: Broker,
+    authorization_header: str | None,
+    required_scope: str,
+    *,
+    dpop: DpopRequest | None = None,
+    session: Session | None = None,
+) -> tuple[Caller, DpopProof | None]:
+    """`authenticate_request` without using the proof's `jti`: the caller must use it once before answering —
+    in the request's first write transaction (`proof_jti_writer` with `broker.adapters.uow.first_write`), or on
+    its own with `use_proof`. The request's answer must not leave the broker before that has succeeded."""
     settings = broker.settings
     scheme, token = access_token(authorization_header, require_dpop=settings.require_dpop)
     now = broker.clock.now()
@@ -128,14 +146,27 @@ def authenticate_request(
     else:
         with broker.db.engine.connect() as connection:
             caller = _caller_for(connection, token, proof, required_scope, now)
-    if proof is not None:
+    return caller, proof
+
+
+def proof_jti_writer(proof: DpopProof) -> Callable[[Session], None]:
+    """The insert that uses `proof` once, for a transaction of the request's (raises `ResourceDpopProofError` on a
+    replay; on PostgreSQL a concurrent insert of the same `jti` waits for the other transaction, then fails)."""
+
+    def write(session: Session) -> None:
         try:
-            with broker.uow() as uow:
-                consume_proof_jti(uow.session, proof)
-                uow.commit()
+            consume_proof_jti(session, proof)
         except DpopProofError as error:
             raise ResourceDpopProofError(error.description, dpop_algs=DPOP_SIGNING_ALGORITHMS) from error
-    return caller
+
+    return write
+
+
+def use_proof(broker: Broker, proof: DpopProof) -> None:
+    """Use `proof`'s `jti` once, in a transaction of its own (raises `ResourceDpopProofError` on a replay)."""
+    with broker.uow() as uow:
+        proof_jti_writer(proof)(uow.session)
+        uow.commit()
 
 
 def _verify_proof(broker: Broker, dpop: DpopRequest | None, token: str, now: datetime) -> DpopProof:

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey, OKPKey
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
-from broker.adapters.orm import AccessTokenRow, DpopProofJtiRow
+from broker.adapters.orm import AccessTokenRow, DisclosureRow, DpopProofJtiRow
 from broker.config import Settings
 from broker.domain.errors import ConfigurationError
 from broker.oauth.dpop import DpopNonces, normalise_url
@@ -44,6 +44,7 @@ from tests.integration.conftest_oauth import (
     signed_by_hand,
     unsigned,
 )
+from tests.integration.test_api_disclosures import ask, consent_to_health, deposit
 from tests.support import DpopSigner, Env, access_token_hash
 
 RESOURCE = "/protected/consents"
@@ -539,6 +540,91 @@ def test_a_path_with_an_escaped_reserved_character_is_checked_as_the_client_sent
     decoded = signer.proof("GET", "http://broker.test/api/v1/consents/(x/receipt", token)
     response = env.client.get(path, headers={"Authorization": f"DPoP {token}", "DPoP": decoded})
     assert response.status_code == 401 and response.get_json()["code"] == "invalid_dpop_proof"
+
+
+def _ready_for_disclosure(env: Env) -> str:
+    """Mikko's case (F7): a person served by both, his consent to the health centre and a work assessment."""
+    person_id = env.person()
+    env.serve(person_id, "kisalli", "varha-health")
+    consent_to_health(env, person_id)
+    deposit(env, "kisalli", person_id, "work_assessment")
+    env.token("varha-health")
+    return person_id
+
+
+def _count(env: Env, row: type) -> int:
+    with env.broker.uow(write=False) as uow:
+        return int(uow.session.scalar(select(func.count()).select_from(row)) or 0)
+
+
+def test_a_disclosure_uses_its_proof_in_its_own_transaction(env: Env) -> None:
+    # One durable commit per disclosure: the proof's jti is inserted by the disclosure's transaction, not by one of
+    # its own (on SQLite that would be a second turn of the write lock and a second fsync per request).
+    person_id = _ready_for_disclosure(env)
+    commits: list[object] = []
+
+    def count_commit(connection: object) -> None:
+        commits.append(connection)
+
+    before = _count(env, DpopProofJtiRow)
+    event.listen(env.broker.db.engine, "commit", count_commit)
+    try:
+        response = ask(env, "varha-health", person_id, "work_assessment", "work_capacity_assessment")
+    finally:
+        event.remove(env.broker.db.engine, "commit", count_commit)
+    assert response.status_code == 200, response.get_json()
+    assert len(commits) == 1
+    assert _count(env, DpopProofJtiRow) == before + 1
+
+
+def test_a_replayed_disclosure_proof_is_refused_and_discloses_nothing(env: Env) -> None:
+    person_id = _ready_for_disclosure(env)
+    headers = env.auth_headers("varha-health", "POST", "/api/v1/disclosures")
+    body = {"person_id": person_id, "category": "work_assessment", "purpose": "work_capacity_assessment"}
+    assert env.client.post("/api/v1/disclosures", json=body, headers=headers).status_code == 200
+    replayed = env.client.post("/api/v1/disclosures", json=body, headers=headers)
+    assert replayed.status_code == 401 and replayed.get_json()["code"] == "invalid_dpop_proof"
+    assert "records" not in replayed.get_json()
+    assert _count(env, DisclosureRow) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"person_id": "per_unknown", "category": "work_assessment", "purpose": "work_capacity_assessment"}, 404),
+        ({"category": "work_assessment"}, 400),
+        (None, 403),  # no consent: a refusal that is audited (a committed write of its own)
+    ],
+)
+def test_a_refused_request_still_uses_its_proof(env: Env, body: dict[str, str] | None, status: int) -> None:
+    person_id = env.person()
+    env.serve(person_id, "kisalli", "varha-health")
+    sent = body or {"person_id": person_id, "category": "work_assessment", "purpose": "work_capacity_assessment"}
+    headers = env.auth_headers("varha-health", "POST", "/api/v1/disclosures")
+    first = env.client.post("/api/v1/disclosures", json=sent, headers=headers)
+    assert first.status_code == status, first.get_json()
+    replayed = env.client.post("/api/v1/disclosures", json=sent, headers=headers)
+    assert replayed.status_code == 401 and replayed.get_json()["code"] == "invalid_dpop_proof"
+
+
+def test_one_disclosure_proof_sent_eight_times_at_once_discloses_once(env: Env) -> None:
+    requests = 8
+    person_id = _ready_for_disclosure(env)
+    body = {"person_id": person_id, "category": "work_assessment", "purpose": "work_capacity_assessment"}
+    for trial in range(2):
+        headers = env.auth_headers("varha-health", "POST", "/api/v1/disclosures")
+        start = threading.Barrier(requests)
+
+        def send(headers: dict[str, str] = headers, start: threading.Barrier = start) -> tuple[int, str]:
+            client = env.app.test_client()
+            start.wait()
+            response = client.post("/api/v1/disclosures", json=body, headers=headers)
+            return response.status_code, response.get_json(force=True).get("code", "")
+
+        with ThreadPoolExecutor(max_workers=requests) as pool:
+            outcomes = Counter(future.result() for future in [pool.submit(send) for _ in range(requests)])
+        assert outcomes == Counter({(200, ""): 1, (401, "invalid_dpop_proof"): requests - 1}), f"trial {trial}"
+    assert _count(env, DisclosureRow) == 2
 
 
 # --- settings and the pure parts ---
