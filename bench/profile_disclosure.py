@@ -95,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", type=Path, help="also write pyinstrument's HTML report here")
     parser.add_argument("--no-profile", action="store_true", help="only time the requests")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds of -n requests with --no-profile")
+    parser.add_argument(
+        "--cprofile",
+        type=int,
+        metavar="N",
+        help="profile with cProfile instead (deterministic, every call) and print the N costliest functions by "
+        "own time, then by cumulative time",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="broker-profile-"))
@@ -173,6 +180,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(report(f"round {i}", figures))
             print(report("median", {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}))
             print(report("fastest", {key: min(r[key] for r in rounds) for key in rounds[0]}))
+            return 0
+        if args.cprofile:
+            import cProfile
+            import pstats
+
+            sign(args.n)
+            deterministic = cProfile.Profile()
+            deterministic.enable()
+            measured = timed_round(args.n, signed=True)
+            deterministic.disable()
+            stats = pstats.Stats(deterministic).strip_dirs()
+            stats.sort_stats("tottime").print_stats(args.cprofile)
+            stats.sort_stats("cumtime").print_stats(args.cprofile)
+            print(report(f"{args.n} disclosures, under cProfile", measured.per_request_us()))
             return 0
         from pyinstrument import Profiler
 

@@ -41,6 +41,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -160,7 +161,7 @@ def verify_proof(
     if len(values) > 1:
         raise DpopProofError("The request carries more than one 'DPoP' header (RFC 9449 §4.3).")
     header, claims, signing_input, signature = _read(values[0])
-    key = _check_header(header)
+    key, thumbprint = _check_header(header)
     _verify_signature(header["alg"], key, signing_input, signature)
     jti = _check_claims(claims, method=method, url=url)
     if nonces is not None:
@@ -172,7 +173,7 @@ def verify_proof(
             raise DpopProofError("The DPoP proof must carry 'ath', the hash of the access token (RFC 9449 §4.2).")
         if not hmac.compare_digest(ath.encode("ascii", "replace"), access_token_hash(access_token).encode("ascii")):
             raise DpopProofError("The DPoP proof's 'ath' is not the hash of this access token.")
-    return DpopProof(jkt=key.thumbprint(), jti=jti, expires_at=datetime.fromtimestamp(iat + max_age, UTC))
+    return DpopProof(jkt=thumbprint, jti=jti, expires_at=datetime.fromtimestamp(iat + max_age, UTC))
 
 
 def normalise_url(url: str) -> str | None:
@@ -192,6 +193,10 @@ def normalise_url(url: str) -> str | None:
     authority = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
     path = _PERCENT.sub(_normalise_escape, parts.path) or "/"
     return f"{scheme}://{authority}{path}"
+
+
+# The broker's own request URLs (issuer + path): a few per endpoint, normalised once each.
+_normalised_request_url = lru_cache(maxsize=4096)(normalise_url)
 
 
 # --- the checks ---
@@ -219,7 +224,7 @@ def _read(value: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     return dict(obj.headers()), claims, signing_input, signature
 
 
-def _check_header(header: dict[str, Any]) -> jwk.Key:
+def _check_header(header: dict[str, Any]) -> tuple[jwk.Key, str]:
     typ = header.get("typ")
     # Media types compare case-insensitively and may leave out "application/" (RFC 7515 §4.1.9).
     if not isinstance(typ, str) or typ.lower().removeprefix("application/") != PROOF_TYPE:
@@ -247,10 +252,20 @@ def _check_header(header: dict[str, Any]) -> jwk.Key:
     members = _PUBLIC_MEMBERS[expected.kty]
     if any(not isinstance(data.get(name), str) for name in members):
         raise DpopProofError(f"The DPoP proof's 'jwk' must have {', '.join(members)} as strings.")
+    return _public_key(expected.kty, tuple((name, data[name]) for name in members))
+
+
+# A partner signs every proof with the same key: importing it (point decoding, for EC an on-curve check) and its
+# RFC 7638 thumbprint are done once per key, not once per request. Bounded, so that many keys only evict others.
+@lru_cache(maxsize=1024)
+def _public_key(kty: str, members: tuple[tuple[str, str], ...]) -> tuple[jwk.Key, str]:
     try:
-        return jwk.import_key({name: data[name] for name in members})
+        key = jwk.import_key(dict(members))
     except (JoseError, ValueError, TypeError) as error:
         raise DpopProofError("The DPoP proof's 'jwk' is not a valid public key.") from error
+    if key.key_type != kty:
+        raise DpopProofError("The DPoP proof's 'jwk' is not a valid public key.")
+    return key, key.thumbprint()
 
 
 def _verify_signature(alg: str, key: jwk.Key, signing_input: bytes, signature: bytes) -> None:
@@ -276,8 +291,9 @@ def _check_claims(claims: dict[str, Any], *, method: str, url: str) -> str:
     # Methods are case-sensitive (RFC 9110 §9.1).
     if htm != method:
         raise DpopProofError(f"The DPoP proof's 'htm' must be this request's method, {method}.")
-    expected = normalise_url(url)
-    if not isinstance(htu, str) or expected is None or normalise_url(htu) != expected:
+    expected = _normalised_request_url(url)
+    # The same string normalises to the same URL: most clients sign the very URL they send.
+    if not isinstance(htu, str) or expected is None or (htu != url and normalise_url(htu) != expected):
         raise DpopProofError(
             f"The DPoP proof's 'htu' must be this request's URL without query and fragment: {expected}."
         )
