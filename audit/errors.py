@@ -34,6 +34,7 @@ VerificationFailure = Literal[
     "node_mismatch",
     "node_missing",
     "unreadable_row",
+    "entry_unqueued",
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -372,6 +373,48 @@ def cmd_retention_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_seed(args: argparse.Namespace) -> int:
+    """Fill the configured database with fictional persons at national scale (docs/seeding.md)."""
+    from broker.seed import SeedError, SeedOptions, check_options, seed_persons
+
+    options = SeedOptions(
+        persons=args.persons,
+        entries_per_person=args.entries_per_person,
+        seed=args.seed,
+        sample=args.sample,
+        manifest=args.manifest,
+        workers=args.workers,
+        chunk=args.chunk,
+        batch=args.batch,
+        now=args.now,
+    )
+    try:
+        check_options(options)
+    except SeedError as error:
+        print(f"bench seed: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = seed_persons(_settings(), options)
+    except SeedError as error:
+        print(f"bench seed: {error}", file=sys.stderr)
+        return 1
+    counts = result.counts
+    print(
+        f"seeded {counts['persons']:,} persons (numbers {result.first_ordinal:,}–"
+        f"{result.first_ordinal + counts['persons'] - 1:,}): {counts['relationships']:,} service relationships, "
+        f"{counts['consents']:,} consents ({counts['consents_withdrawn']:,} withdrawn, {counts['consents_expired']:,} "
+        f"expired), {counts['records']:,} records, {counts['disclosures']:,} disclosures, {counts['notices']:,} "
+        f"notices, {counts['audit_entries']:,} audit entries"
+    )
+    print(f"audit log: {result.log_size:,} entries in the tree, newest checkpoint exported")
+    print(f"{result.eligible:,} persons ready for the benchmark disclosure; time {result.seconds['total']:.1f} s")
+    work = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result.worker_seconds.items())
+    print(f"workers: {work}; sequencer {result.sequencer_seconds:.1f} s (CPU {result.sequencer_cpu_seconds:.1f} s)")
+    if result.manifest is not None:
+        print(f"manifest: {result.manifest} ({result.sampled:,} persons)")
+    return 0
+
+
 def _instant(value: str) -> datetime:
     """An ISO 8601 time with its UTC offset (`2030-03-10T00:00:00+02:00`, `…Z`): a bare date or time would leave
     open which day it is in Helsinki."""
@@ -469,6 +512,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--now", type=_instant, default=None, metavar="ISO", help="as of this time (default: now; future: dry run only)"
     )
     retention_run.add_argument("--batch-size", type=int, default=500, help="records erased per transaction")
+
+    bench = commands.add_parser("bench", help="benchmark tools").add_subparsers(dest="bench_command", required=True)
+    seed = add(
+        "seed",
+        cmd_bench_seed,
+        "add N fictional persons with relationships, consents, records, disclosures and audit entries to the "
+        "configured demo instance's database, and sequence the log (docs/seeding.md)",
+        bench,
+    )
+    seed.add_argument("--persons", type=int, required=True, metavar="N", help="persons to add")
+    seed.add_argument("--entries-per-person", type=int, default=10, metavar="E", help="audit entries per person")
+    seed.add_argument("--seed", type=int, default=1, metavar="S", help="the same seed makes the same persons")
+    seed.add_argument("--manifest", type=Path, default=None, metavar="PATH", help="write benchmark-ready persons here")
+    seed.add_argument("--sample", type=int, default=10_000, metavar="K", help="persons listed in the manifest")
+    seed.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes making persons")
+    seed.add_argument("--chunk", type=int, default=2_000, help="persons per transaction")
+    seed.add_argument("--batch", type=int, default=50_000, help="entries per sequencer batch (one checkpoint each)")
+    seed.add_argument(
+        "--now", type=_instant, default=None, metavar="ISO", help="end of the seeded history (default: now)"
+    )
 
     audit = commands.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
     verify = add(

@@ -24,7 +24,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    text,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -248,17 +248,18 @@ class NoticeRow(Base):
 
 
 class AuditEntryRow(Base):
-    """One log entry. Appended inside the transaction of the event it records, with an append id but no tree
-    position (`idx` None, `entry` the canonical bytes without the index member, `split` where it goes:
-    audit.encode_pending); the sequencer then gives it the next gap-free index, its final canonical bytes
-    (RFC 8785) and leaf hash (RFC 9162 §2.1.1). The plain columns beside the bytes serve the DPO's searches."""
+    """One log entry, written once. Appended inside the transaction of the event it records, with an append id
+    and no tree position: `entry` holds the canonical bytes (RFC 8785) without the index member, and `split`
+    the offset where it goes (audit.encode_pending). The sequencer gives the entry its position and leaf hash in
+    a row of its own (`AuditLeafRow`) and never writes this row again; the entry's final bytes — what the leaf
+    hashes and exports hold — are `audit.place_index(entry, split, idx)` wherever they are read. Inserting a row
+    queues it for the sequencer (`audit_pending`, by trigger). The plain columns beside the bytes serve the
+    DPO's searches."""
 
     __tablename__ = "audit_entries"
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    idx: Mapped[int | None] = mapped_column(BigInteger, unique=True)
     entry: Mapped[bytes]
-    split: Mapped[int | None] = mapped_column(Integer)
-    leaf_hash: Mapped[bytes | None]
+    split: Mapped[int] = mapped_column(Integer)
     logged_at: Mapped[datetime] = mapped_column(index=True)
     event: Mapped[str] = mapped_column(String(40))
     person_id: Mapped[str | None] = mapped_column(ID, index=True)
@@ -268,16 +269,60 @@ class AuditEntryRow(Base):
     effect: Mapped[str | None] = mapped_column(String(8))
     basis_kind: Mapped[str | None] = mapped_column(String(20))
     actor: Mapped[AuditActorRow | None] = relationship(lazy="raise")
-    __table_args__ = (
-        # The sequencer's work queue: the entries still without a tree position, in append order.
-        Index(
-            "ix_audit_entries_pending",
-            "id",
-            sqlite_where=text("idx IS NULL"),
-            postgresql_where=text("idx IS NULL"),
-        ),
-        Index("ix_audit_entries_organisation_logged", "organisation", "logged_at"),
+    __table_args__ = (Index("ix_audit_entries_organisation_logged", "organisation", "logged_at"),)
+
+
+class AuditLeafRow(Base):
+    """An entry's place in the Merkle tree: its gap-free index and its leaf hash, SHA-256(0x00 || final bytes)
+    (RFC 9162 §2.1.1). Inserted once by the sequencer — never an update of the entry's row, which would write
+    the entry a second time (docs/audit.md, "Storage"). No foreign key to the entry: on PostgreSQL its check
+    locks the entry's row, which writes to the entry's page again; `broker audit verify` checks every leaf
+    against its entry instead."""
+
+    __tablename__ = "audit_leaves"
+    idx: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
     )
+    entry_id: Mapped[int] = mapped_column(BigInteger, unique=True)  # an entry has one position at most
+    leaf_hash: Mapped[bytes]
+
+
+class AuditPendingRow(Base):
+    """The sequencer's work queue: the appended entries without a position, by append id. A row is added by a
+    trigger on audit_entries (`AUDIT_QUEUE_DDL`), so that no way of appending — the broker's, a bulk load, a
+    restore — can leave an entry outside the queue, and the sequencer deletes it when it places the entry."""
+
+    __tablename__ = "audit_pending"
+    entry_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
+
+
+# The queueing trigger, per dialect. PostgreSQL runs it once per statement over the statement's new rows (a
+# transition table), so that a bulk insert or COPY queues its rows in one set-based insert; its function keeps
+# the search path it was created with, so that it always fills the audit_pending beside its audit_entries.
+# Alembic's batch mode on SQLite recreates a table to alter it and drops its triggers with it: a migration that
+# alters audit_entries must create the trigger again (tests/integration/test_migrations.py checks it).
+AUDIT_QUEUE_DDL: dict[str, tuple[str, ...]] = {
+    "sqlite": (
+        "CREATE TRIGGER audit_entries_queue AFTER INSERT ON audit_entries "
+        "BEGIN INSERT INTO audit_pending (entry_id) VALUES (NEW.id); END",
+    ),
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION audit_entries_queue() RETURNS trigger LANGUAGE plpgsql "
+        "SET search_path FROM CURRENT AS $$ "
+        "BEGIN INSERT INTO audit_pending (entry_id) SELECT id FROM appended; RETURN NULL; END $$",
+        "CREATE TRIGGER audit_entries_queue AFTER INSERT ON audit_entries REFERENCING NEW TABLE AS appended "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_entries_queue()",
+    ),
+}
+
+
+@event.listens_for(AuditEntryRow.__table__, "after_create")
+def _create_audit_queue_trigger(_table: Any, connection: Any, **_: Any) -> None:
+    """`metadata.create_all` (the test suite's schema) makes the trigger too; migrations make it themselves."""
+    for statement in AUDIT_QUEUE_DDL.get(connection.dialect.name, ()):
+        connection.exec_driver_sql(statement)
 
 
 class AuditActorRow(Base):

@@ -3,7 +3,11 @@ newest checkpoint exported to the sink outside the database.
 
 What is checked, and what each check catches:
 - every sequenced entry, in index order: no gap or repeat, canonical bytes, its own index, its stored leaf hash
-  (audit.verify_log's checks: edited, deleted, reordered or forged rows);
+  (audit.verify_log's checks: edited, deleted, reordered or forged rows). The bytes checked are the final ones,
+  derived from the stored pending bytes, the stored offset and the index (`audit.place_index`), so an edit of
+  any of the three changes them, and an offset that cannot be right is named (`entry_unparsable`);
+- every appended entry either has its place in the tree or is queued for it (`entry_unqueued`: an entry taken
+  off the queue without a place would never be sequenced);
 - the plain columns kept beside each entry for searching (time, event, person, organisation, category, purpose,
   effect, basis kind) say what the entry says, and the actor opening kept for the DPO opens the entry's actor
   commitment — so that a search cannot be misled by a row edited outside the leaf;
@@ -28,10 +32,17 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from audit import AuditVerificationError, Frontier, verify_actor_commitment, verify_log
+from audit import AuditVerificationError, Frontier, place_index, verify_actor_commitment, verify_log
 from audit.errors import AuditError
 from audit.note import Checkpoint, Verifier, open_note, parse_checkpoint
-from broker.adapters.orm import AuditActorRow, AuditCheckpointRow, AuditEntryRow, AuditNodeRow
+from broker.adapters.orm import (
+    AuditActorRow,
+    AuditCheckpointRow,
+    AuditEntryRow,
+    AuditLeafRow,
+    AuditNodeRow,
+    AuditPendingRow,
+)
 from broker.domain.clock import utc
 from broker.services import Broker
 from broker.services.sequencer import Sequencer, origin_of, read_head, verifiers
@@ -67,7 +78,6 @@ def _verify(broker: Broker, check_sink: bool) -> LogCheck:
         if uow.postgres:
             session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
         head = read_head(uow)
-        pending = session.scalar(select(func.count()).where(AuditEntryRow.idx.is_(None))) or 0
         signed: dict[int, bytes] = {}
         count = 0
         for size, root, note in session.execute(
@@ -103,21 +113,25 @@ def _verify(broker: Broker, check_sink: bool) -> LogCheck:
         frontier = Frontier.empty()
         expected_nodes: list[tuple[int, int, bytes]] = []
 
+        # A leaf whose entry is gone drops out of the inner join: the index gap that leaves is named.
         result = session.execute(
-            select(AuditEntryRow, AuditActorRow.actor_id, AuditActorRow.salt)
+            select(AuditLeafRow.idx, AuditLeafRow.leaf_hash, AuditEntryRow, AuditActorRow.actor_id, AuditActorRow.salt)
+            .join(AuditEntryRow, AuditEntryRow.id == AuditLeafRow.entry_id)
             .outerjoin(AuditActorRow, AuditActorRow.entry_id == AuditEntryRow.id)
-            .where(AuditEntryRow.idx.is_not(None))
-            .order_by(AuditEntryRow.idx)
+            .order_by(AuditLeafRow.idx)
             .execution_options(yield_per=5000)
         )
 
         def rows() -> Iterator[tuple[int, bytes, bytes]]:
-            for row, actor_id, salt in result:
-                idx, entry = row.idx, bytes(row.entry)
-                leaf = bytes(row.leaf_hash) if row.leaf_hash is not None else b""
+            for idx, stored_leaf, row, actor_id, salt in result:
+                try:
+                    entry = place_index(bytes(row.entry), row.split, idx)
+                except AuditError:  # an offset that cannot be right: no canonical entry (`entry_unparsable`)
+                    entry = b""
+                leaf = bytes(stored_leaf) if stored_leaf is not None else b""
                 yield idx, entry, leaf
                 # verify_log has checked this row (canonical, its index, its leaf) before asking for the next.
-                _check_columns(row, json.loads(entry), actor_id, salt)
+                _check_columns(idx, row, json.loads(entry), actor_id, salt)
                 if len(leaf) == 32:
                     expected_nodes.extend(frontier.append_collect(leaf))
                     root = signed.get(frontier.size)
@@ -135,14 +149,42 @@ def _verify(broker: Broker, check_sink: bool) -> LogCheck:
         if head is not None and bytes(head.frontier) != frontier.to_bytes():
             raise AuditVerificationError(size, "head_mismatch", "the head's stored frontier is not the tree's")
         _check_nodes(session, expected_nodes)
+        pending = _check_queue(session)
     return LogCheck(verified.size, verified.root, count, exported, int(pending))
 
 
 _COLUMNS = ("event", "person_id", "organisation", "category", "purpose", "effect")
 
 
-def _check_columns(row: AuditEntryRow, entry: dict[str, Any], actor_id: str | None, salt: str | None) -> None:
-    index = row.idx or 0
+def _check_queue(session: Any) -> int:
+    """Every appended entry is either in the tree or queued for it; return how many are queued. Counted: the
+    leaves' entries are distinct (a unique index) and each exists (the entries are read through their leaves
+    below), so with queued entries that exist and are not placed, the counts add up only if none is missing."""
+    entries = session.scalar(select(func.count()).select_from(AuditEntryRow)) or 0
+    placed = session.scalar(select(func.count()).select_from(AuditLeafRow)) or 0
+    queued = session.scalar(select(func.count()).select_from(AuditPendingRow)) or 0
+    stray = (
+        session.scalar(
+            select(func.count())
+            .select_from(AuditPendingRow)
+            .outerjoin(AuditEntryRow, AuditEntryRow.id == AuditPendingRow.entry_id)
+            .outerjoin(AuditLeafRow, AuditLeafRow.entry_id == AuditPendingRow.entry_id)
+            .where((AuditEntryRow.id.is_(None)) | (AuditLeafRow.entry_id.is_not(None)))
+        )
+        or 0
+    )
+    if stray or entries != placed + queued:
+        raise AuditVerificationError(
+            placed,
+            "entry_unqueued",
+            "the queue of entries awaiting the sequencer does not hold exactly the entries without a place",
+        )
+    return int(queued)
+
+
+def _check_columns(
+    index: int, row: AuditEntryRow, entry: dict[str, Any], actor_id: str | None, salt: str | None
+) -> None:
     for name in _COLUMNS:
         if getattr(row, name) != entry.get(name):
             raise AuditVerificationError(index, "column_mismatch", f"the row's {name} column differs from its entry")

@@ -5,6 +5,9 @@ A whole export holds every entry up to the newest signed checkpoint and every si
 the entries [from, to), the checkpoints of sizes within it, and the newest checkpoint with the subtree hashes
 that tie the slice to it (range.json), so that a slice handed to an auditor still verifies against a signed
 root. Entries appended after the newest checkpoint are left out: nothing has signed them yet.
+
+Each entry is written as its final canonical bytes (RFC 8785, with its index member), derived from the stored
+pending bytes and the index beside them (`audit.place_index`): the same bytes its leaf hashes.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from audit.entry import place_index
 from audit.errors import AuditError
 from audit.export import ExportWriter, range_plan
-from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow
+from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow, AuditLeafRow
 from broker.services import Broker
 from broker.services.sequencer import load_nodes, verifier_keys
 
@@ -46,14 +50,15 @@ def export_log(broker: Broker, directory: Path, *, first: int | None = None, end
         try:
             with ExportWriter(directory, first=start) as writer:
                 result = session.execute(
-                    select(AuditEntryRow.entry)
-                    .where(AuditEntryRow.idx >= start, AuditEntryRow.idx < stop)
-                    .order_by(AuditEntryRow.idx)
+                    select(AuditLeafRow.idx, AuditEntryRow.entry, AuditEntryRow.split)
+                    .join(AuditEntryRow, AuditEntryRow.id == AuditLeafRow.entry_id)
+                    .where(AuditLeafRow.idx >= start, AuditLeafRow.idx < stop)
+                    .order_by(AuditLeafRow.idx)
                     .execution_options(yield_per=5000)
                 )
                 try:
-                    for (data,) in result:
-                        writer.write_entry(bytes(data))
+                    for index, data, split in result:
+                        writer.write_entry(place_index(bytes(data), split, index))
                 finally:
                     result.close()
                 if writer.count != stop - start:

@@ -4,28 +4,33 @@ and searching entries. For the DPO's systems (scope `audit:read`), the DPO works
 Hashes travel as standard base64, as in checkpoints (C2SP tlog-checkpoint). Proofs are built from the stored
 subtree hashes in O(log n) reads and are meant to be checked by the reader against a signed checkpoint, not
 trusted: `python -m audit verify-entry` and the portal's in-browser check do that.
+
+An entry's bytes are stored once, as appended — without the index member — and its index and leaf hash beside
+it (audit_leaves); the final bytes that the leaf hashes are derived where they are read (`final_bytes`).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Connection, Select, select
 
+from audit.entry import place_index
 from audit.errors import AuditError
 from audit.proofs import consistency_nodes, consistency_proof, inclusion_nodes, inclusion_proof
-from broker.adapters.orm import AuditActorRow, AuditCheckpointRow, AuditEntryRow
-from broker.adapters.uow import UnitOfWork
+from broker.adapters.orm import AuditActorRow, AuditCheckpointRow, AuditEntryRow, AuditLeafRow
 from broker.domain.clock import utc
 from broker.domain.errors import InvalidRequestError, NotFoundError
 from broker.domain.model import Caller
 from broker.services import Broker
 from broker.services.audit_log import append_entry
-from broker.services.sequencer import load_nodes, load_nodes_and_size, origin_of, read_head, verifier_keys
+from broker.services.sequencer import load_nodes, origin_of, read_head, read_nodes_and_size, verifier_keys
 
 MAX_PAGE = 500
 
@@ -51,9 +56,19 @@ def latest_checkpoint(broker: Broker) -> dict[str, Any]:
     return view
 
 
-def _tree_size(uow: UnitOfWork) -> int:
-    head = read_head(uow)
-    return head.size if head is not None else 0
+@contextlib.contextmanager
+def _one_statement(broker: Broker) -> Iterator[Connection]:
+    """A connection for a read that is a single statement. On PostgreSQL it runs outside a transaction: a
+    statement sees one snapshot of the database by itself, and the BEGIN and ROLLBACK of a read unit of work were
+    two more round trips to the server — about 0.4 of an inclusion proof's 0.9 ms (docs/benchmarks.md, "Audit
+    log"). SQLite's are calls within the process: there it is an ordinary read unit of work."""
+    if broker.db.sqlite:
+        with broker.uow(write=False) as uow:
+            yield uow.session.connection()
+        return
+    with broker.db.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
 
 
 def inclusion(broker: Broker, index: int, tree_size: int) -> dict[str, Any]:
@@ -62,9 +77,9 @@ def inclusion(broker: Broker, index: int, tree_size: int) -> dict[str, Any]:
     if index < 0 or index >= tree_size:
         raise InvalidRequestError(f"index must be between 0 and tree_size - 1 ({tree_size - 1})", field="index")
     wanted = [*inclusion_nodes(index, tree_size), (0, index)]
-    with broker.uow(write=False) as uow:
+    with _one_statement(broker) as connection:
         # The hashes and the log's size in one statement; the size is checked before the hashes are used.
-        nodes, size = load_nodes_and_size(uow, wanted)
+        nodes, size = read_nodes_and_size(connection, wanted)
     if tree_size > size:
         raise InvalidRequestError(f"tree_size must be between 1 and {size}, the log's size", field="tree_size")
     if any(node not in nodes for node in wanted):
@@ -79,13 +94,19 @@ def inclusion(broker: Broker, index: int, tree_size: int) -> dict[str, Any]:
 
 
 def consistency(broker: Broker, first: int, second: int) -> dict[str, Any]:
-    with broker.uow(write=False) as uow:
-        size = _tree_size(uow)
-        if second < 1 or second > size:
-            raise InvalidRequestError(f"second must be between 1 and {size}, the log's size", field="second")
-        if first < 1 or first > second:
-            raise InvalidRequestError("first must be between 1 and second", field="first")
-        proof = consistency_proof(first, second, load_nodes(uow, consistency_nodes(first, second)))
+    if second < 1:
+        raise InvalidRequestError("second must be at least 1", field="second")
+    if first < 1 or first > second:
+        raise InvalidRequestError("first must be between 1 and second", field="first")
+    wanted = consistency_nodes(first, second)
+    with _one_statement(broker) as connection:
+        # As for inclusion: the hashes and the log's size in one statement, the size checked first.
+        nodes, size = read_nodes_and_size(connection, wanted)
+    if second > size:
+        raise InvalidRequestError(f"second must be between 1 and {size}, the log's size", field="second")
+    if any((int(level), int(idx)) not in nodes for level, idx in wanted):
+        raise AuditError("the log's stored tree is missing nodes of this proof")
+    proof = consistency_proof(first, second, nodes)
     return {"first": first, "second": second, "consistency_path": [b64(h) for h in proof]}
 
 
@@ -109,20 +130,47 @@ class EntryQuery:
     limit: int = 100
 
 
-def entry_view(row: Any) -> dict[str, Any]:
-    data = bytes(row.entry)
+def final_bytes(entry: bytes, split: int, index: int | None) -> bytes:
+    """An entry's canonical bytes (RFC 8785) as the log holds them: once it has its index, the stored pending bytes
+    with the index member put in at `split` (`audit.place_index`) — exactly the bytes its leaf hashes and an
+    export holds; before that, the pending bytes, without "index". Raises AuditError if the stored offset
+    cannot be right (`broker audit verify` names such a row)."""
+    data = bytes(entry)
+    return data if index is None else place_index(data, split, index)
+
+
+def shown_bytes(entry: bytes, split: int, index: int | None) -> bytes:
+    """`final_bytes` for a page that shows an entry: the stored bytes as they are if an altered offset leaves no
+    final form, so that the log can still be looked at (the integrity check names the row)."""
+    try:
+        return final_bytes(entry, split, index)
+    except AuditError:
+        return bytes(entry)
+
+
+def positioned() -> Select[AuditEntryRow, int, bytes]:
+    """Entries with their tree index and leaf hash: rows of (AuditEntryRow, idx, leaf_hash), both None while the
+    entry awaits the sequencer."""
+    return select(AuditEntryRow, AuditLeafRow.idx, AuditLeafRow.leaf_hash).outerjoin(
+        AuditLeafRow, AuditLeafRow.entry_id == AuditEntryRow.id
+    )
+
+
+def entry_view(row: AuditEntryRow, index: int | None, leaf_hash: bytes | None) -> dict[str, Any]:
+    data = shown_bytes(row.entry, row.split, index)
     return {
         "entry_id": row.id,
-        "index": row.idx,
-        "leaf_hash": b64(bytes(row.leaf_hash)) if row.leaf_hash is not None else None,
+        "index": index,
+        "leaf_hash": b64(bytes(leaf_hash)) if leaf_hash is not None else None,
         # The canonical bytes themselves, as a string: what the leaf hashes (before sequencing, without "index").
         "canonical": data.decode("utf-8"),
         "entry": json.loads(data),
     }
 
 
-def filtered(query: EntryQuery) -> Select[Any]:
-    stmt = select(AuditEntryRow)
+def filtered(query: EntryQuery) -> Select[AuditEntryRow, int, bytes]:
+    """`positioned()` entries that match `query`'s filters."""
+    stmt = positioned()
     columns = {
         "person_id": AuditEntryRow.person_id,
         "organisation": AuditEntryRow.organisation,
@@ -157,7 +205,7 @@ def search_entries(broker: Broker, caller: Caller | None, query: EntryQuery) -> 
     if query.after is not None:
         stmt = stmt.where(AuditEntryRow.id > query.after)
     with broker.uow() as uow:
-        rows = list(uow.session.scalars(stmt))
+        rows = list(uow.session.execute(stmt))
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         if caller is not None:
@@ -170,16 +218,24 @@ def search_entries(broker: Broker, caller: Caller | None, query: EntryQuery) -> 
                 detail={"filters": _filters(query), "returned": len(rows)},
             )
             uow.commit()
-    return {"entries": [entry_view(r) for r in rows], "next_cursor": str(rows[-1].id) if more and rows else None}
+    return {
+        "entries": [entry_view(*r) for r in rows],
+        "next_cursor": str(rows[-1].AuditEntryRow.id) if more and rows else None,
+    }
 
 
 def entry_at(broker: Broker, caller: Caller | None, index: int) -> dict[str, Any]:
     if index > 2**63 - 1:  # beyond what the index column holds: there is no such entry
         raise NotFoundError(f"no entry at index {index}")
     with broker.uow() as uow:
-        row = uow.session.scalars(select(AuditEntryRow).where(AuditEntryRow.idx == index)).first()
-        if row is None:
+        found = uow.session.execute(
+            select(AuditEntryRow, AuditLeafRow.leaf_hash)
+            .join(AuditLeafRow, AuditLeafRow.entry_id == AuditEntryRow.id)
+            .where(AuditLeafRow.idx == index)
+        ).first()
+        if found is None:
             raise NotFoundError(f"no entry at index {index}")
+        row = found.AuditEntryRow
         if caller is not None:
             append_entry(
                 uow,
@@ -190,7 +246,7 @@ def entry_at(broker: Broker, caller: Caller | None, index: int) -> dict[str, Any
                 detail={"filters": {"index": index}, "returned": 1},
             )
             uow.commit()
-        return entry_view(row)
+        return entry_view(row, index, found.leaf_hash)
 
 
 def _filters(query: EntryQuery) -> dict[str, Any]:
@@ -213,20 +269,22 @@ def proof_bundle(broker: Broker, entry_id: int) -> dict[str, Any] | None:
     inclusion proof against that checkpoint's tree (`python -m audit verify-entry`, the portal's check). None
     while the entry awaits its position."""
     with broker.uow(write=False) as uow:
-        row = uow.session.get(AuditEntryRow, entry_id)
-        if row is None:
+        found = uow.session.execute(positioned().where(AuditEntryRow.id == entry_id)).first()
+        if found is None:
             raise NotFoundError("no such audit entry")
-        if row.idx is None:
+        row, index = found.AuditEntryRow, found.idx
+        if index is None:
             return None
         checkpoint = uow.session.execute(
             select(AuditCheckpointRow).order_by(AuditCheckpointRow.id.desc()).limit(1)
         ).scalar()
-        if checkpoint is None or checkpoint.size <= row.idx:
+        if checkpoint is None or checkpoint.size <= index:
             return None
-        proof = inclusion_proof(row.idx, checkpoint.size, load_nodes(uow, inclusion_nodes(row.idx, checkpoint.size)))
+        proof = inclusion_proof(index, checkpoint.size, load_nodes(uow, inclusion_nodes(index, checkpoint.size)))
         return {
-            "entry": bytes(row.entry).decode("utf-8"),
-            "index": row.idx,
+            # An altered offset gives the stored bytes, which then fail the reader's check against the signed root.
+            "entry": shown_bytes(row.entry, row.split, index).decode("utf-8"),
+            "index": index,
             "tree_size": checkpoint.size,
             "inclusion_proof": [b64(h) for h in proof],
             "checkpoint": checkpoint.note,

@@ -8,8 +8,9 @@ appends its own entry in the same transaction (`audit:query`, `dpo:open_commitme
 An identity code is never logged: a search by identity code logs the person id it found.
 
 Queries use the indexed columns (audit_entries: logged_at, person_id, organisation + logged_at, the primary key;
-disclosures: person_id + created_at; audit_actors: actor_id), and read the canonical bytes only of the rows a page
-shows or a rule needs.
+audit_leaves: entry_id; disclosures: person_id + created_at; audit_actors: actor_id), and read the canonical bytes
+only of the rows a page shows or a rule needs. An entry's tree index and leaf hash are in audit_leaves, beside
+the entry (broker/services/audit_read.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from broker.adapters.orm import (
     AuditCheckpointRow,
     AuditEntryRow,
     AuditHeadRow,
+    AuditLeafRow,
+    AuditPendingRow,
     AuditVerificationRow,
     DisclosureRow,
     DpoReviewRow,
@@ -49,7 +52,7 @@ from broker.services import Broker
 from broker.services import anomalies as rules
 from broker.services.audit_check import verify_broker_log
 from broker.services.audit_log import append_entry
-from broker.services.audit_read import EntryQuery, filtered, proof_bundle
+from broker.services.audit_read import EntryQuery, filtered, proof_bundle, shown_bytes
 from broker.services.persons import find_person_by_hetu
 
 SURFACE = "dpo"
@@ -168,11 +171,11 @@ def _check_search(broker: Broker, search: LogSearch) -> None:
         raise InvalidRequestError("the period ends before it starts", field="until")
 
 
-def _row_view(row: Any, names: Mapping[str, str]) -> dict[str, Any]:
+def _row_view(row: Any, names: Mapping[str, str], index: int | None) -> dict[str, Any]:
     entry = _entry_json(row.entry)
     return {
         "entry_id": row.id,
-        "index": row.idx,
+        "index": index,
         "logged_at": utc(row.logged_at),
         "event": row.event,
         "organisation": row.organisation,
@@ -208,10 +211,10 @@ def search_log(broker: Broker, officer: Officer, search: LogSearch) -> dict[str,
     order = AuditEntryRow.id.desc() if search.newest_first else AuditEntryRow.id.asc()
     stmt = stmt.order_by(order).limit(search.limit + 1)
     with broker.uow() as uow:
-        rows = list(uow.session.scalars(stmt))
+        rows = list(uow.session.execute(stmt))
         more = len(rows) > search.limit
         rows = rows[: search.limit]
-        names = _organisation_names(uow, (r.organisation for r in rows))
+        names = _organisation_names(uow, (r.AuditEntryRow.organisation for r in rows))
         append_entry(
             uow,
             event="audit:query",
@@ -222,8 +225,8 @@ def search_log(broker: Broker, officer: Officer, search: LogSearch) -> dict[str,
         )
         uow.commit()
         return {
-            "rows": [_row_view(r, names) for r in rows],
-            "next_cursor": rows[-1].id if more and rows else None,
+            "rows": [_row_view(r.AuditEntryRow, names, r.idx) for r in rows],
+            "next_cursor": rows[-1].AuditEntryRow.id if more and rows else None,
         }
 
 
@@ -260,16 +263,25 @@ def _entry_row(uow: UnitOfWork, entry_id: int) -> AuditEntryRow:
     return row
 
 
+def _leaf(uow: UnitOfWork, entry_id: int) -> tuple[int | None, bytes | None]:
+    """The entry's tree index and leaf hash; (None, None) while it awaits the sequencer."""
+    found = uow.session.execute(
+        select(AuditLeafRow.idx, AuditLeafRow.leaf_hash).where(AuditLeafRow.entry_id == entry_id)
+    ).first()
+    return (found.idx, bytes(found.leaf_hash)) if found is not None else (None, None)
+
+
 def open_entry(broker: Broker, officer: Officer, entry_id: int) -> dict[str, Any]:
     """One entry: its canonical bytes (what the leaf hashes), its plain columns, whether it has an actor
     commitment to open, and — once sequenced and covered by a checkpoint — its inclusion proof. Logged."""
     with broker.uow() as uow:
         row = _entry_row(uow, entry_id)
+        index, leaf_hash = _leaf(uow, entry_id)
         names = _organisation_names(uow, [row.organisation])
         has_actor = uow.session.get(AuditActorRow, entry_id) is not None
-        view = _row_view(row, names)
-        canonical = bytes(row.entry).decode("utf-8")
-        leaf = bytes(row.leaf_hash).hex() if row.leaf_hash is not None else None
+        view = _row_view(row, names, index)
+        canonical = shown_bytes(row.entry, row.split, index).decode("utf-8")
+        leaf = leaf_hash.hex() if leaf_hash is not None else None
         append_entry(
             uow,
             event="audit:query",
@@ -368,16 +380,20 @@ def person_report(
         indexes: dict[int, int | None] = {}
         for chunk in _chunks(entry_ids):
             for entry_id, idx in uow.session.execute(
-                select(AuditEntryRow.id, AuditEntryRow.idx).where(AuditEntryRow.id.in_(chunk))
+                select(AuditLeafRow.entry_id, AuditLeafRow.idx).where(AuditLeafRow.entry_id.in_(chunk))
             ):
                 indexes[entry_id] = idx
-        events_stmt = select(
-            AuditEntryRow.id,
-            AuditEntryRow.idx,
-            AuditEntryRow.logged_at,
-            AuditEntryRow.event,
-            AuditEntryRow.organisation,
-        ).where(AuditEntryRow.person_id == person_id, AuditEntryRow.event.not_in(DISCLOSURE_EVENTS))
+        events_stmt = (
+            select(
+                AuditEntryRow.id,
+                AuditLeafRow.idx,
+                AuditEntryRow.logged_at,
+                AuditEntryRow.event,
+                AuditEntryRow.organisation,
+            )
+            .outerjoin(AuditLeafRow, AuditLeafRow.entry_id == AuditEntryRow.id)
+            .where(AuditEntryRow.person_id == person_id, AuditEntryRow.event.not_in(DISCLOSURE_EVENTS))
+        )
         if since is not None:
             events_stmt = events_stmt.where(AuditEntryRow.logged_at >= since)
         events = list(uow.session.execute(events_stmt.order_by(AuditEntryRow.id)))
@@ -605,7 +621,7 @@ def _indexes(uow: UnitOfWork, entry_ids: Sequence[int]) -> dict[int, int | None]
     found: dict[int, int | None] = {}
     for chunk in _chunks(sorted(set(entry_ids))):
         for entry_id, idx in uow.session.execute(
-            select(AuditEntryRow.id, AuditEntryRow.idx).where(AuditEntryRow.id.in_(chunk))
+            select(AuditLeafRow.entry_id, AuditLeafRow.idx).where(AuditLeafRow.entry_id.in_(chunk))
         ):
             found[entry_id] = idx
     return found
@@ -648,13 +664,14 @@ def anomaly_item(
         if finding is None and review is None:
             raise NotFoundError("the rule does not flag this entry")
         row = _entry_row(uow, entry_id)
+        index, _leaf_hash = _leaf(uow, entry_id)
         names = _organisation_names(uow, [row.organisation])
         view = (
-            _finding_view(finding, names, {entry_id: row.idx})
+            _finding_view(finding, names, {entry_id: index})
             if finding is not None
             else {
                 "entry_id": entry_id,
-                "index": row.idx,
+                "index": index,
                 "rule": rule,
                 "logged_at": utc(row.logged_at),
                 "organisation": row.organisation,
@@ -743,8 +760,9 @@ def reviewed_anomalies(broker: Broker, officer: Officer, *, limit: int = QUEUE_L
         total = uow.session.scalar(select(func.count()).select_from(DpoReviewRow)) or 0
         rows = list(
             uow.session.execute(
-                select(DpoReviewRow, AuditEntryRow.idx, AuditEntryRow.logged_at, AuditEntryRow.organisation)
+                select(DpoReviewRow, AuditLeafRow.idx, AuditEntryRow.logged_at, AuditEntryRow.organisation)
                 .join(AuditEntryRow, AuditEntryRow.id == DpoReviewRow.entry_id)
+                .outerjoin(AuditLeafRow, AuditLeafRow.entry_id == DpoReviewRow.entry_id)
                 .order_by(DpoReviewRow.reviewed_at.desc(), DpoReviewRow.id.desc())
                 .limit(limit)
             )
@@ -795,7 +813,7 @@ def integrity_status(broker: Broker) -> dict[str, Any]:
             select(AuditCheckpointRow).order_by(AuditCheckpointRow.id.desc()).limit(1)
         ).first()
         head = uow.session.scalars(select(AuditHeadRow).limit(1)).first()
-        pending = uow.session.scalar(select(func.count()).select_from(AuditEntryRow).where(AuditEntryRow.idx.is_(None)))
+        pending = uow.session.scalar(select(func.count()).select_from(AuditPendingRow))
         verification = uow.session.scalars(
             select(AuditVerificationRow).order_by(AuditVerificationRow.id.desc()).limit(1)
         ).first()

@@ -41,7 +41,14 @@ from sqlalchemy import func, select
 
 from broker.adapters.envelope import Sealed, idempotency_aad, open_sealed
 from broker.adapters.leader import ADVISORY_KEY
-from broker.adapters.orm import AuditEntryRow, AuditHeadRow, DisclosureRow, IdempotencyKeyRow
+from broker.adapters.orm import (
+    AuditEntryRow,
+    AuditHeadRow,
+    AuditLeafRow,
+    AuditPendingRow,
+    DisclosureRow,
+    IdempotencyKeyRow,
+)
 from broker.http.api.idempotency import HEADER as IDEMPOTENCY_KEY
 from broker.http.api.idempotency import REPLAYED
 from broker.services import Broker
@@ -645,9 +652,9 @@ def wait_until_sequenced(broker: Broker, up_to: int | None = None, timeout: floa
     """Wait for the served sequencer to give every entry appended so far (or up to the append id `up_to`) its tree
     position — and, for all of them, to export the checkpoint of the whole tree to the sink (the export follows the
     commit of the last batch). Returns how many entries are still waiting (0 unless the timeout passed)."""
-    waiting = select(func.count()).where(AuditEntryRow.idx.is_(None))
+    waiting = select(func.count()).select_from(AuditPendingRow)
     if up_to is not None:
-        waiting = waiting.where(AuditEntryRow.id <= up_to)
+        waiting = waiting.where(AuditPendingRow.entry_id <= up_to)
     deadline = time.monotonic() + timeout
     while True:
         with broker.uow(write=False) as uow:
@@ -690,12 +697,14 @@ def check_world(broker: Broker, tally: Tally, *, partner: str, person_id: str, b
             for row in session.execute(
                 select(
                     AuditEntryRow.id,
-                    AuditEntryRow.idx,
+                    AuditLeafRow.idx,
                     AuditEntryRow.entry,
                     AuditEntryRow.event,
                     AuditEntryRow.person_id,
                     AuditEntryRow.organisation,
-                ).where(AuditEntryRow.event.in_(DISCLOSURE_EVENTS))
+                )
+                .outerjoin(AuditLeafRow, AuditLeafRow.entry_id == AuditEntryRow.id)
+                .where(AuditEntryRow.event.in_(DISCLOSURE_EVENTS))
             )
         }
         rows = {

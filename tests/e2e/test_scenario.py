@@ -155,46 +155,53 @@ def _tampered(served: Served, tmp_path: Path, statements: list[tuple[str, tuple]
 
 
 def test_an_edited_a_deleted_and_a_reordered_audit_row_are_each_detected(served: Served, tmp_path: Path) -> None:
+    # An entry's row holds its bytes as appended (without "index"); its position and leaf hash are in audit_leaves.
     db = sqlite3.connect(served.instance / "broker.db")
-    entry = db.execute("SELECT entry FROM audit_entries WHERE idx = 5").fetchone()[0]
-    row2, row3 = db.execute("SELECT entry, leaf_hash FROM audit_entries WHERE idx IN (2, 3) ORDER BY idx").fetchall()
+    entry = db.execute("SELECT entry FROM audit_entries WHERE id = (SELECT entry_id FROM audit_leaves WHERE idx = 5)")
+    entry = entry.fetchone()[0]
+    row2, row3 = db.execute("SELECT entry_id, leaf_hash FROM audit_leaves WHERE idx IN (2, 3) ORDER BY idx").fetchall()
     db.close()
+    at = "(SELECT entry_id FROM audit_leaves WHERE idx = {})".format
+    last = "(SELECT entry_id FROM audit_leaves WHERE idx = (SELECT MAX(idx) FROM audit_leaves))"
 
     edited = _tampered(
-        served, tmp_path, [("UPDATE audit_entries SET entry = ? WHERE idx = 5", (entry.replace(b'"v":1', b'"v":2'),))]
+        served,
+        tmp_path,
+        [(f"UPDATE audit_entries SET entry = ? WHERE id = {at(5)}", (entry.replace(b'"v":1', b'"v":2'),))],
     )
     deleted = _tampered(
         served,
         tmp_path,
         [
-            ("DELETE FROM audit_actors WHERE entry_id = (SELECT id FROM audit_entries WHERE idx = 3)", ()),
-            ("DELETE FROM audit_entries WHERE idx = 3", ()),
+            (f"DELETE FROM audit_actors WHERE entry_id = {at(3)}", ()),
+            (f"DELETE FROM audit_entries WHERE id = {at(3)}", ()),
+            ("DELETE FROM audit_leaves WHERE idx = 3", ()),
         ],
     )
+    # Entries 2 and 3 change places, each with its leaf hash: the index in an entry's bytes is its position, so
+    # the moved entry no longer hashes to the leaf it brought along.
     reordered = _tampered(
         served,
         tmp_path,
         [
-            ("UPDATE audit_entries SET entry = ?, leaf_hash = ? WHERE idx = 2", row3),
-            ("UPDATE audit_entries SET entry = ?, leaf_hash = ? WHERE idx = 3", row2),
+            ("UPDATE audit_leaves SET entry_id = -1 WHERE idx = 3", ()),
+            ("UPDATE audit_leaves SET entry_id = ?, leaf_hash = ? WHERE idx = 2", row3),
+            ("UPDATE audit_leaves SET entry_id = ?, leaf_hash = ? WHERE idx = 3", row2),
         ],
     )
     truncated = _tampered(
         served,
         tmp_path,
         [
-            (
-                "DELETE FROM audit_actors WHERE entry_id = (SELECT id FROM audit_entries"
-                " WHERE idx = (SELECT MAX(idx) FROM audit_entries))",
-                (),
-            ),
-            ("DELETE FROM audit_entries WHERE idx = (SELECT MAX(idx) FROM audit_entries)", ()),
+            (f"DELETE FROM audit_actors WHERE entry_id = {last}", ()),
+            (f"DELETE FROM audit_entries WHERE id = {last}", ()),
+            ("DELETE FROM audit_leaves WHERE idx = (SELECT MAX(idx) FROM audit_leaves)", ()),
         ],
     )
 
     assert edited.returncode == 1 and "entry 5" in edited.stderr and "leaf_hash_mismatch" in edited.stderr
     assert deleted.returncode == 1 and "entry 3" in deleted.stderr and "index_gap" in deleted.stderr
-    assert reordered.returncode == 1 and "entry 2" in reordered.stderr and "index_mismatch" in reordered.stderr
+    assert reordered.returncode == 1 and "entry 2" in reordered.stderr and "leaf_hash_mismatch" in reordered.stderr
     assert truncated.returncode == 1 and "size_mismatch" in truncated.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
 

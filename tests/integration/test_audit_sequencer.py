@@ -9,16 +9,26 @@ import base64
 import dataclasses
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, func, select, update
 from werkzeug.test import TestResponse
 
-from audit import encode_entry, leaf_hash
+from audit import encode_entry, leaf_hash, place_index
 from audit.note import open_note, parse_checkpoint, parse_verifier_key
-from broker.adapters.orm import AuditActorRow, AuditCheckpointRow, AuditEntryRow, AuditHeadRow, AuditNodeRow
+from broker.adapters.orm import (
+    AuditActorRow,
+    AuditCheckpointRow,
+    AuditEntryRow,
+    AuditHeadRow,
+    AuditLeafRow,
+    AuditNodeRow,
+    AuditPendingRow,
+)
 from broker.services.audit_check import verify_broker_log
+from broker.services.audit_read import final_bytes, positioned
 from broker.services.sequencer import Sequencer, SequencerHalted, verifiers
 from tests.oracle.rfc9162 import mth, root_from_path, roots_from_proof
 from tests.oracle.rfc9162 import path as rfc_path
@@ -26,9 +36,31 @@ from tests.oracle.rfc9162 import proof as rfc_proof
 from tests.support import Env
 
 
-def _entries(env: Env) -> list[AuditEntryRow]:
+@dataclass(frozen=True)
+class Stored:
+    """An entry as stored: its row's bytes and offset, and its position and leaf hash once sequenced."""
+
+    id: int
+    event: str
+    stored: bytes  # the pending bytes, without "index", written once at the append
+    split: int
+    idx: int | None
+    leaf_hash: bytes | None
+
+    @property
+    def entry(self) -> bytes:
+        """The entry's final canonical bytes once sequenced (what its leaf hashes), the pending bytes before."""
+        return final_bytes(self.stored, self.split, self.idx)
+
+
+def _entries(env: Env) -> list[Stored]:
     with env.broker.uow(write=False) as uow:
-        return list(uow.session.scalars(select(AuditEntryRow).order_by(AuditEntryRow.id)))
+        rows = uow.session.execute(positioned().order_by(AuditEntryRow.id))
+        found = [(r.AuditEntryRow, r.idx, r.leaf_hash) for r in rows]
+        return [
+            Stored(row.id, row.event, bytes(row.entry), row.split, idx, bytes(leaf) if leaf is not None else None)
+            for row, idx, leaf in found
+        ]
 
 
 def _activity(env: Env, people: int = 3) -> None:
@@ -43,16 +75,24 @@ def test_appended_entries_wait_without_a_position_until_sequenced(env: Env) -> N
     assert pending and all(row.idx is None and row.leaf_hash is None for row in pending)
     assert all("index" not in json.loads(row.entry) for row in pending)
 
+    with env.broker.uow(write=False) as uow:
+        queued = list(uow.session.scalars(select(AuditPendingRow.entry_id).order_by(AuditPendingRow.entry_id)))
+    assert queued == [row.id for row in pending]  # every append is queued for the sequencer
+
     result = Sequencer(env.broker).run_once()
 
     assert result.integrated == len(pending) and result.size == len(pending) and result.exported
     rows = _entries(env)
     assert [row.idx for row in rows] == list(range(len(rows)))  # gap-free, in append order
+    # The entries' rows are not written again: the position and leaf hash are stored beside them.
+    assert [(row.stored, row.split) for row in rows] == [(row.stored, row.split) for row in pending]
     for row in rows:
         entry = json.loads(row.entry)
         assert entry["index"] == row.idx
         assert encode_entry(**_arguments(entry)) == row.entry  # exactly the canonical entry bytes
         assert row.leaf_hash == leaf_hash(row.entry)
+    with env.broker.uow(write=False) as uow:
+        assert uow.session.scalar(select(func.count()).select_from(AuditPendingRow)) == 0
 
 
 def _arguments(entry: dict) -> dict:
@@ -185,7 +225,8 @@ def test_a_truncated_database_stops_the_sequencer(env: Env) -> None:
         uow.session.execute(delete(AuditNodeRow))
         uow.session.execute(update(AuditHeadRow).values(size=0, frontier=b"", root=b"\0" * 32))
         uow.session.execute(delete(AuditActorRow))
-        uow.session.execute(delete(AuditEntryRow).where(AuditEntryRow.idx >= 0))
+        uow.session.execute(delete(AuditLeafRow))
+        uow.session.execute(delete(AuditEntryRow))
         uow.commit()
     with pytest.raises(SequencerHalted, match=f"checkpoint of {size} was exported"):
         Sequencer(env.broker).check_against_sink()
@@ -208,9 +249,11 @@ def test_the_sequenced_log_verifies_and_a_forged_entry_is_named(env: Env) -> Non
     check = verify_broker_log(env.broker)
     assert check.size == len(_entries(env)) and check.pending == 0 and check.exported_size == check.size
     with env.broker.uow() as uow:
-        row = uow.session.scalars(select(AuditEntryRow).where(AuditEntryRow.idx == 1)).one()
-        forged = row.entry.replace(b'"event":"', b'"event":"x', 1)
-        row.entry, row.leaf_hash = forged, leaf_hash(forged)
+        leaf = uow.session.scalars(select(AuditLeafRow).where(AuditLeafRow.idx == 1)).one()
+        row = uow.session.get(AuditEntryRow, leaf.entry_id)
+        forged = row.entry.replace(b'"event":"', b'"event":"x', 1)  # before the index member: its offset moves
+        row.entry, row.split = forged, row.split + 1
+        leaf.leaf_hash = leaf_hash(place_index(forged, row.split, 1))
         uow.commit()
     from audit import AuditVerificationError
 
@@ -360,3 +403,50 @@ def test_the_audit_api_answers_malformed_and_oversized_queries_with_400(env: Env
 def test_an_index_beyond_the_column_is_not_found(env: Env) -> None:
     response = _dpo_get(env, "/api/v1/audit/entries/99999999999999999999999")
     assert response.status_code == 404
+
+
+def test_every_row_a_bulk_insert_appends_is_queued_for_the_sequencer(env: Env) -> None:
+    # A load that inserts many entries in one statement (`broker bench seed`; COPY on PostgreSQL fires the same
+    # statement trigger) leaves none of them outside the queue.
+    from broker.services.audit_log import pending_entry
+
+    rows = [
+        pending_entry(event="consent:grant", now=env.clock.now(), salt=None, person_id=f"per_bulk{i}")[0]
+        for i in range(3)
+    ]
+    with env.broker.uow() as uow:
+        uow.session.execute(AuditEntryRow.__table__.insert(), rows)
+        uow.commit()
+    with env.broker.uow(write=False) as uow:
+        queued = uow.session.scalars(
+            select(AuditPendingRow.entry_id)
+            .join(AuditEntryRow, AuditEntryRow.id == AuditPendingRow.entry_id)
+            .where(AuditEntryRow.person_id.like("per_bulk%"))
+        ).all()
+    assert len(queued) == 3
+    assert Sequencer(env.broker).run_once().integrated == 3
+    assert verify_broker_log(env.broker).pending == 0
+
+
+def test_a_batch_whose_entry_left_the_queue_meanwhile_writes_nothing(env: Env) -> None:
+    from audit import Frontier
+    from broker.services.sequencer import place_entries, read_pending, write_placed
+
+    _activity(env, people=1)
+    Sequencer(env.broker).run_once()
+    _activity(env, people=1)
+    with env.broker.uow(write=False) as uow:
+        head = uow.session.get(AuditHeadRow, 1)
+        pending = read_pending(uow, 100)
+    frontier = Frontier.from_bytes(head.size, bytes(head.frontier))
+    placed = place_entries(frontier, pending)
+    assert len(placed.leaves) == len(pending) > 1
+    with env.broker.uow() as uow:  # as if another sequencer had placed the last one
+        uow.session.execute(delete(AuditPendingRow).where(AuditPendingRow.entry_id == pending[-1][0]))
+        uow.commit()
+    with pytest.raises(RuntimeError, match="left the queue"), env.broker.uow() as uow:
+        write_placed(uow, placed)
+        uow.commit()
+    with env.broker.uow(write=False) as uow:
+        assert uow.session.scalar(select(func.count()).select_from(AuditLeafRow)) == head.size
+        assert uow.session.scalar(select(func.count()).select_from(AuditPendingRow)) == len(pending) - 1

@@ -2,11 +2,14 @@
 checkpoint key — can make to the log is caught by `verify_broker_log`, and clean logs are never flagged.
 
 One log is built per module (several sequencer rounds, so there are several signed checkpoints and an exported
-one), kept as a pristine SQLite file; every generated attack runs on a fresh copy of it. Attacks: change any
-column of any row of the log's tables (a bit flip in bytes, another value otherwise), delete the first, a middle
-or the last entry, insert a forged entry, swap two entries, truncate the tail, rewrite an entry and recompute
-every hash downstream (leaf, subtree nodes, head — all but the signatures), and restore an older copy of the
-database. ATTACKS examples run in CI (≥ 200 required by the issue).
+one, and a few entries appended after the last round, still queued), kept as a pristine SQLite file; every
+generated attack runs on a fresh copy of it. Attacks: change any column of any row of the log's tables that the
+tree covers (a bit flip in bytes, another value otherwise) — an entry's stored bytes and the offset of its index
+member among them, its leaf row (index, entry id, leaf hash), actor openings, subtree hashes, checkpoints, the
+head — delete the first, a middle or the last entry, insert a forged entry, swap two entries, truncate the tail,
+rewrite an entry and recompute every hash downstream (leaf, subtree nodes, head — all but the signatures), take
+a queued entry off the sequencer's queue, and restore an older copy of the database. ATTACKS examples run in CI
+(≥ 200 required by the issue).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from audit import AuditVerificationError, Frontier, leaf_hash
+from audit import AuditVerificationError, Frontier, leaf_hash, place_index
 from broker.app import build_broker
 from broker.config import Settings
 from broker.domain.clock import FixedClock
@@ -72,8 +75,11 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pristine]:
         if round_ == 1:
             env.broker.db.dispose()
             shutil.copy(folder / "broker.db", folder / "older.db")
+    env.serve(env.person(), "kisalli")  # appended after the last round: queued, not yet in the tree
     env.broker.db.dispose()
-    size = verify_broker_log(env.broker).size
+    check = verify_broker_log(env.broker)
+    assert check.pending > 0
+    size = check.size
     env.broker.db.dispose()
     yield Pristine(settings, folder / "broker.db", folder / "older.db", size)
 
@@ -105,10 +111,18 @@ def _other(value: object, data: st.DataObject) -> object:
 
 TABLE_KEYS = {
     "audit_entries": "id",
+    "audit_leaves": "idx",
     "audit_actors": "entry_id",
     "audit_nodes": "rowid",
     "audit_checkpoints": "id",
     "audit_head": "id",
+}
+# Rows of entries still queued are not yet covered by any signed root: nothing can show that they were changed
+# (docs/audit.md). The attacks on their queue itself are `dequeue`'s.
+SEQUENCED = "SELECT entry_id FROM audit_leaves"
+ROWS = {
+    "audit_entries": f"SELECT id FROM audit_entries WHERE id IN ({SEQUENCED})",
+    "audit_actors": f"SELECT entry_id FROM audit_actors WHERE entry_id IN ({SEQUENCED})",
 }
 
 
@@ -122,10 +136,7 @@ def change_any_field(db: sqlite3.Connection, _: Pristine, data: st.DataObject) -
         columns.remove("id")
     if table == "audit_head":
         columns = ["size", "frontier", "root"]  # exported_* are the sequencer's bookkeeping
-    if table == "audit_entries":
-        columns.remove("id")  # the append id orders pending entries only
-        columns.remove("split")  # None once sequenced; setting it changes nothing that is verified
-    keys = [row[0] for row in db.execute(f"SELECT {key} FROM {table}")]
+    keys = [row[0] for row in db.execute(ROWS.get(table, f"SELECT {key} FROM {table}"))]
     target = data.draw(st.sampled_from(keys), label="row")
     column = data.draw(st.sampled_from(columns), label="column")
     (value,) = db.execute(f"SELECT {column} FROM {table} WHERE {key} = ?", (target,)).fetchone()
@@ -135,54 +146,81 @@ def change_any_field(db: sqlite3.Connection, _: Pristine, data: st.DataObject) -
         # (a fraction of ".000000" cut off), which changes nothing the broker knows. Move the time instead.
         moved = datetime.fromisoformat(value) + timedelta(microseconds=data.draw(st.integers(1, 10**9), label="us"))
         new = moved.isoformat(sep=" ", timespec="microseconds")
-    if table == "audit_entries" and column == "idx" and new is not None:
+    if table == "audit_leaves" and column == "idx" and new is not None:
         new = int(new) if int(new) >= 0 else 10**6
     if new == value:
         new = None if value is not None else "forged"
     if (
-        table == "audit_entries"
+        table == "audit_leaves"
         and column == "idx"
-        and new in {r[0] for r in db.execute("SELECT idx FROM audit_entries")}
+        and new in {r[0] for r in db.execute("SELECT idx FROM audit_leaves")}
     ):
-        new = 10**6  # a unique index stops a duplicate outright; move it past the end instead
+        new = 10**6  # the primary key stops a duplicate outright; move it past the end instead
     try:
         db.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (new, target))
     except sqlite3.IntegrityError:  # a key taken by another row: the attacker moves this one out of the way
         db.execute(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", (10**7, target))
 
 
+def _entry_at(db: sqlite3.Connection, index: int) -> int:
+    (entry_id,) = db.execute("SELECT entry_id FROM audit_leaves WHERE idx = ?", (index,)).fetchone()
+    return int(entry_id)
+
+
 def delete_entry(db: sqlite3.Connection, pristine: Pristine, data: st.DataObject) -> None:
     where = data.draw(st.sampled_from(["first", "middle", "last"]), label="which")
     index = {"first": 0, "middle": pristine.size // 2, "last": pristine.size - 1}[where]
-    (entry_id,) = db.execute("SELECT id FROM audit_entries WHERE idx = ?", (index,)).fetchone()
+    entry_id = _entry_at(db, index)
     db.execute("DELETE FROM audit_actors WHERE entry_id = ?", (entry_id,))
     db.execute("DELETE FROM audit_entries WHERE id = ?", (entry_id,))
+    if data.draw(st.booleans(), label="its leaf too"):
+        db.execute("DELETE FROM audit_leaves WHERE idx = ?", (index,))
+
+
+def _pending_form(body: dict[str, object]) -> tuple[bytes, int]:
+    """The stored form of an entry without "index" (audit.encode_pending), as an attacker can write it."""
+    before = json.dumps({k: v for k, v in body.items() if k < "index"}, sort_keys=True, separators=(",", ":"))
+    after = json.dumps({k: v for k, v in body.items() if k > "index"}, sort_keys=True, separators=(",", ":"))
+    return (before[:-1] + "," + after[1:]).encode(), len(before)
 
 
 def insert_forged(db: sqlite3.Connection, pristine: Pristine, data: st.DataObject) -> None:
     index = data.draw(st.integers(0, pristine.size), label="at")
-    entry = json.dumps({"event": "disclosure:permit", "index": index, "v": 1}, separators=(",", ":")).encode()
+    entry, split = _pending_form({"event": "disclosure:permit", "v": 1})
     if index < pristine.size:  # make room, as an attacker inserting in the middle must
-        db.execute("UPDATE audit_entries SET idx = idx + 1000000 WHERE idx >= ?", (index,))
-        db.execute("UPDATE audit_entries SET idx = idx - 1000000 + 1 WHERE idx >= 1000000")
+        db.execute("UPDATE audit_leaves SET idx = idx + 1000000 WHERE idx >= ?", (index,))
+        db.execute("UPDATE audit_leaves SET idx = idx - 1000000 + 1 WHERE idx >= 1000000")
+    entry_id = db.execute(
+        "INSERT INTO audit_entries (entry, split, logged_at, event) VALUES (?, ?, ?, ?)",
+        (entry, split, "2026-01-01 00:00:00.000000", "disclosure:permit"),
+    ).lastrowid
+    db.execute("DELETE FROM audit_pending WHERE entry_id = ?", (entry_id,))  # the trigger queued it
     db.execute(
-        "INSERT INTO audit_entries (idx, entry, leaf_hash, logged_at, event) VALUES (?, ?, ?, ?, ?)",
-        (index, entry, leaf_hash(entry), "2026-01-01 00:00:00.000000", "disclosure:permit"),
+        "INSERT INTO audit_leaves (idx, entry_id, leaf_hash) VALUES (?, ?, ?)",
+        (index, entry_id, leaf_hash(place_index(entry, split, index))),
     )
 
 
 def swap_entries(db: sqlite3.Connection, pristine: Pristine, data: st.DataObject) -> None:
     a = data.draw(st.integers(0, pristine.size - 2), label="a")
     b = data.draw(st.integers(a + 1, pristine.size - 1), label="b")
-    db.execute("UPDATE audit_entries SET idx = -1 WHERE idx = ?", (a,))
-    db.execute("UPDATE audit_entries SET idx = ? WHERE idx = ?", (a, b))
-    db.execute("UPDATE audit_entries SET idx = ? WHERE idx = -1", (b,))
+    if data.draw(st.booleans(), label="swap their leaf rows"):
+        db.execute("UPDATE audit_leaves SET idx = -1 WHERE idx = ?", (a,))
+        db.execute("UPDATE audit_leaves SET idx = ? WHERE idx = ?", (a, b))
+        db.execute("UPDATE audit_leaves SET idx = ? WHERE idx = -1", (b,))
+    else:  # swap the entries the leaves point to, leaving the leaf hashes where they are
+        first, second = _entry_at(db, a), _entry_at(db, b)
+        db.execute("UPDATE audit_leaves SET entry_id = -1 WHERE idx = ?", (a,))
+        db.execute("UPDATE audit_leaves SET entry_id = ? WHERE idx = ?", (first, b))
+        db.execute("UPDATE audit_leaves SET entry_id = ? WHERE idx = ?", (second, a))
 
 
 def truncate_tail(db: sqlite3.Connection, pristine: Pristine, data: st.DataObject) -> None:
     keep = data.draw(st.integers(0, pristine.size - 1), label="keep")
-    db.execute("DELETE FROM audit_actors WHERE entry_id IN (SELECT id FROM audit_entries WHERE idx >= ?)", (keep,))
-    db.execute("DELETE FROM audit_entries WHERE idx >= ?", (keep,))
+    gone = "SELECT entry_id FROM audit_leaves WHERE idx >= ?"
+    db.execute(f"DELETE FROM audit_actors WHERE entry_id IN ({gone})", (keep,))
+    db.execute(f"DELETE FROM audit_entries WHERE id IN ({gone})", (keep,))
+    db.execute("DELETE FROM audit_leaves WHERE idx >= ?", (keep,))
     if data.draw(st.booleans(), label="fix the head too"):
         _recompute(db)
 
@@ -190,22 +228,41 @@ def truncate_tail(db: sqlite3.Connection, pristine: Pristine, data: st.DataObjec
 def rewrite_and_rehash(db: sqlite3.Connection, pristine: Pristine, data: st.DataObject) -> None:
     """The strongest attacker without the key: edit an entry, then make every hash and column consistent."""
     index = data.draw(st.integers(0, pristine.size - 1), label="index")
-    (entry,) = db.execute("SELECT entry FROM audit_entries WHERE idx = ?", (index,)).fetchone()
+    entry_id = _entry_at(db, index)
+    (entry,) = db.execute("SELECT entry FROM audit_entries WHERE id = ?", (entry_id,)).fetchone()
     body = json.loads(entry)
-    body["purpose"] = "forged_purpose"
-    new = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    body[data.draw(st.sampled_from(["purpose", "effect"]), label="member")] = "forged"  # after "index" …
+    if data.draw(st.booleans(), label="and one before it"):
+        body["category"] = "forged_category"  # … and before it: the offset moves too
+    new, split = _pending_form(body)
     db.execute(
-        "UPDATE audit_entries SET entry = ?, leaf_hash = ?, purpose = ? WHERE idx = ?",
-        (new, leaf_hash(new), "forged_purpose", index),
+        "UPDATE audit_entries SET entry = ?, split = ?, category = ?, purpose = ?, effect = ? WHERE id = ?",
+        (new, split, body.get("category"), body.get("purpose"), body.get("effect"), entry_id),
+    )
+    db.execute(
+        "UPDATE audit_leaves SET leaf_hash = ? WHERE idx = ?", (leaf_hash(place_index(new, split, index)), index)
     )
     _recompute(db)
 
 
+def dequeue(db: sqlite3.Connection, pristine: Pristine, data: st.DataObject) -> None:
+    """Take an entry that awaits the sequencer off its queue, so that it would never be placed in the tree."""
+    queued = [row[0] for row in db.execute("SELECT entry_id FROM audit_pending")]
+    entry_id = data.draw(st.sampled_from(queued), label="entry")
+    how = data.draw(st.sampled_from(["delete", "point elsewhere", "point at a placed entry"]), label="how")
+    if how == "delete":
+        db.execute("DELETE FROM audit_pending WHERE entry_id = ?", (entry_id,))
+    elif how == "point elsewhere":
+        db.execute("UPDATE audit_pending SET entry_id = 10000000 WHERE entry_id = ?", (entry_id,))
+    else:
+        db.execute("UPDATE audit_pending SET entry_id = ? WHERE entry_id = ?", (_entry_at(db, 0), entry_id))
+
+
 def _recompute(db: sqlite3.Connection) -> None:
-    """Recompute subtree nodes and the head from the (edited) entries, as an attacker can."""
+    """Recompute subtree nodes and the head from the (edited) leaves, as an attacker can."""
     frontier = Frontier.empty()
     nodes = []
-    for (leaf,) in db.execute("SELECT leaf_hash FROM audit_entries WHERE idx IS NOT NULL ORDER BY idx"):
+    for (leaf,) in db.execute("SELECT leaf_hash FROM audit_leaves ORDER BY idx"):
         nodes.extend(frontier.append_collect(bytes(leaf)))
     db.execute("DELETE FROM audit_nodes")
     db.executemany("INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
@@ -229,6 +286,7 @@ ALL_ATTACKS: list[Attack] = [
     swap_entries,
     truncate_tail,
     rewrite_and_rehash,
+    dequeue,
     restore_older,
 ]
 

@@ -12,7 +12,7 @@ import textwrap
 
 from sqlalchemy import func, select
 
-from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow
+from broker.adapters.orm import AuditCheckpointRow, AuditEntryRow, AuditLeafRow
 from broker.services.audit_check import verify_broker_log
 from broker.services.sequencer import Sequencer
 from tests.support import Env
@@ -94,7 +94,14 @@ def test_two_processes_build_one_tree(env: Env) -> None:
     # Per person: resolve, relationship, and the disclosure request (refused without a consent, and logged).
     expected = before + PROCESSES * THREADS * PERSONS_PER_THREAD * 3
     with env.broker.uow(write=False) as uow:
-        indices = list(uow.session.scalars(select(AuditEntryRow.idx).order_by(AuditEntryRow.id)))
+        indices = list(
+            uow.session.scalars(
+                select(AuditLeafRow.idx)
+                .select_from(AuditEntryRow)
+                .outerjoin(AuditLeafRow, AuditLeafRow.entry_id == AuditEntryRow.id)
+                .order_by(AuditEntryRow.id)
+            )
+        )
         sizes = list(uow.session.scalars(select(AuditCheckpointRow.size).order_by(AuditCheckpointRow.id)))
     assert len(indices) == expected
     assert None not in indices and sorted(indices) == list(range(expected))  # no duplicate, no gap

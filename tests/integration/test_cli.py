@@ -254,14 +254,20 @@ def test_audit_verify_passes_on_the_demo(demo: Path) -> None:
 
 
 def edit_entry(instance: Path, event: str, change: Any) -> int:
-    """Change the first entry of `event` in place with sqlite3, leaving its stored leaf hash alone."""
+    """Change the first sequenced entry of `event` in place with sqlite3 — its stored bytes (without "index") and
+    the offset of the index member among them, as audit.encode_pending makes them — leaving its leaf hash alone."""
     with sqlite3.connect(instance / "broker.db") as connection:
-        idx, raw = connection.execute(
-            "SELECT idx, entry FROM audit_entries WHERE event = ? ORDER BY idx LIMIT 1", (event,)
+        idx, entry_id, raw = connection.execute(
+            "SELECT l.idx, e.id, e.entry FROM audit_entries e JOIN audit_leaves l ON l.entry_id = e.id "
+            "WHERE e.event = ? ORDER BY l.idx LIMIT 1",
+            (event,),
         ).fetchone()
         entry = json.loads(raw)
         change(entry)
-        connection.execute("UPDATE audit_entries SET entry = ? WHERE idx = ?", (canonical_json(entry), idx))
+        split = len(canonical_json({name: value for name, value in entry.items() if name < "index"}))
+        connection.execute(
+            "UPDATE audit_entries SET entry = ?, split = ? WHERE id = ?", (canonical_json(entry), split, entry_id)
+        )
     connection.close()
     return int(idx)
 
@@ -276,8 +282,10 @@ def test_audit_verify_names_an_edited_entry(demo_copy: Path) -> None:
 
 def test_audit_verify_names_a_removed_entry(demo_copy: Path) -> None:
     with sqlite3.connect(demo_copy / "broker.db") as connection:
-        connection.execute("DELETE FROM audit_actors WHERE entry_id = (SELECT id FROM audit_entries WHERE idx = 5)")
-        connection.execute("DELETE FROM audit_entries WHERE idx = 5")
+        fifth = "(SELECT entry_id FROM audit_leaves WHERE idx = 5)"
+        connection.execute(f"DELETE FROM audit_actors WHERE entry_id = {fifth}")
+        connection.execute(f"DELETE FROM audit_entries WHERE id = {fifth}")
+        connection.execute("DELETE FROM audit_leaves WHERE idx = 5")
     connection.close()
     result = run("audit", "verify", instance=demo_copy)
     assert result.returncode == 1

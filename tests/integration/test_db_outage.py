@@ -42,7 +42,7 @@ from joserfc import jwt
 from joserfc.jwk import OKPKey
 from sqlalchemy import select, text
 
-from broker.adapters.orm import AuditEntryRow, DisclosureRow
+from broker.adapters.orm import AuditEntryRow, AuditLeafRow, DisclosureRow
 from broker.app import build_broker
 from broker.config import Settings
 from tests.support import DpopSigner, create_demo_instance, free_port
@@ -439,9 +439,9 @@ def test_a_postgresql_stopped_and_started_under_load_gives_only_503s_while_down_
             entries = {
                 row.id: row
                 for row in uow.session.execute(
-                    select(AuditEntryRow.id, AuditEntryRow.idx, AuditEntryRow.event, AuditEntryRow.entry).where(
-                        AuditEntryRow.event == "disclosure:permit"
-                    )
+                    select(AuditEntryRow.id, AuditLeafRow.idx, AuditEntryRow.event, AuditEntryRow.entry)
+                    .outerjoin(AuditLeafRow, AuditLeafRow.entry_id == AuditEntryRow.id)
+                    .where(AuditEntryRow.event == "disclosure:permit")
                 )
             }
     finally:
@@ -463,7 +463,7 @@ def test_a_postgresql_stopped_and_started_under_load_gives_only_503s_while_down_
 
 def _pending(broker: Any) -> int:
     with broker.uow(write=False) as uow:
-        return int(uow.session.scalar(text("SELECT count(*) FROM audit_entries WHERE idx IS NULL")) or 0)
+        return int(uow.session.scalar(text("SELECT count(*) FROM audit_pending")) or 0)
 
 
 def _wait(condition: Any, seconds: float, failure: str) -> None:

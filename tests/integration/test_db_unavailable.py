@@ -463,7 +463,7 @@ def test_the_audit_sequencer_waits_out_an_outage_and_sequences_what_came_after(
 
 def pending(env: Env) -> int:
     with env.broker.uow(write=False) as uow:
-        return int(uow.session.scalar(text("SELECT count(*) FROM audit_entries WHERE idx IS NULL")) or 0)
+        return int(uow.session.scalar(text("SELECT count(*) FROM audit_pending")) or 0)
 
 
 def wait_for(condition: Any, timeout: float = 10.0) -> bool:

@@ -29,6 +29,7 @@ from werkzeug.test import TestResponse
 from broker.adapters.orm import (
     AuditActorRow,
     AuditEntryRow,
+    AuditLeafRow,
     AuditVerificationRow,
     DpoReviewRow,
     PortalSessionRow,
@@ -39,6 +40,7 @@ from broker.http.dpo import charts, documents
 from broker.services import anomalies as rules
 from broker.services import dpo, persons
 from broker.services.anomalies import HELSINKI, LogFacts
+from broker.services.audit_read import final_bytes, positioned
 from broker.services.sequencer import Sequencer
 from schemas.records.examples import EXAMPLES
 from tests.integration.test_portal import csrf_of, location, log_in
@@ -423,7 +425,8 @@ def test_an_entry_shows_its_canonical_bytes_and_opening_the_commitment_names_the
     page = workspace.get(f"/dpo/entries/{entry_id}")
     assert page.status_code == 200
     with env.broker.uow(write=False) as uow:
-        canonical = bytes(uow.session.get(AuditEntryRow, entry_id).entry).decode()
+        found = uow.session.execute(positioned().where(AuditEntryRow.id == entry_id)).one()
+        canonical = final_bytes(found.AuditEntryRow.entry, found.AuditEntryRow.split, found.idx).decode()
     assert canonical in html.unescape(page.get_data(as_text=True))
     assert "varha-social-work-staff-1" not in page.get_data(as_text=True)
     opened = workspace.post(f"/dpo/entries/{entry_id}/actor")
@@ -929,7 +932,10 @@ def test_a_failed_verification_is_stored_with_the_first_bad_entry_and_shown(
 ) -> None:
     Sequencer(env.broker).run_once()
     with env.broker.uow() as uow:
-        uow.session.execute(update(AuditEntryRow).where(AuditEntryRow.idx == 1).values(entry=b'{"v":1,"forged":true}'))
+        second = select(AuditLeafRow.entry_id).where(AuditLeafRow.idx == 1).scalar_subquery()
+        uow.session.execute(
+            update(AuditEntryRow).where(AuditEntryRow.id == second).values(entry=b'{"v":1,"forged":true}')
+        )
         uow.commit()
     failed = dpo.record_verification(env.broker)
     assert failed["ok"] is False and failed["failure_index"] == 1 and failed["failure_kind"]

@@ -4,6 +4,7 @@ two from drifting apart.)"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 from collections.abc import Iterator
@@ -18,8 +19,15 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
+from audit import encode_entry, encode_pending, leaf_hash, place_index
 from broker.adapters.orm import Base, OrganisationRow
+from broker.app import build_broker, create_app
+from broker.config import Settings
+from broker.domain.clock import FixedClock
 from broker.migrations import alembic_config, upgrade
+from broker.services.audit_check import verify_broker_log
+from broker.services.sequencer import Sequencer
+from tests.support import Env, make_env
 
 POSTGRES_URL = os.environ.get("BROKER_TEST_POSTGRES_URL")
 
@@ -141,3 +149,127 @@ def test_downgrading_to_base_removes_every_table(empty_database: str, engine: En
     assert schema_of(engine) == {}
     upgrade(empty_database)
     assert set(schema_of(engine)) == set(Base.metadata.tables)
+
+
+# --- revision 0007: each audit entry's bytes stored once ----------------------------------------------------------
+
+
+def _final_entries(engine: Engine) -> dict[int, bytes]:
+    """Every sequenced entry's final bytes by index, as the database holds them at or after revision 0007."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT l.idx, e.entry, e.split FROM audit_leaves l JOIN audit_entries e ON e.id = l.entry_id "
+                "ORDER BY l.idx"
+            )
+        ).all()
+    return {idx: place_index(bytes(entry), split, idx) for idx, entry, split in rows}
+
+
+def test_revision_0007_converts_a_real_log_both_ways_without_changing_a_byte_it_proves(
+    empty_database: str, engine: Engine, tmp_path: Path
+) -> None:
+    upgrade(empty_database)
+    settings = Settings(
+        instance_path=tmp_path / "instance",
+        database_url=empty_database,
+        issuer="http://broker.test",
+        mode="test",
+        audit_anchor_window=None,
+        audit_batch_size=3,
+    )
+    env = make_env(settings, FixedClock())
+    try:
+        for _ in range(4):
+            env.serve(env.person(), "kisalli", "varha-social-work")
+        Sequencer(env.broker).run_once()
+        env.serve(env.person(), "kisalli")  # appended after the last round: still queued
+        before = verify_broker_log(env.broker)
+        assert before.pending > 0 and before.size > 8
+    finally:
+        env.broker.db.dispose()
+    finals = _final_entries(engine)
+    assert len(finals) == before.size
+
+    command.downgrade(alembic_config(empty_database), "0006")
+    with engine.connect() as connection:
+        old = connection.execute(text("SELECT idx, entry, split, leaf_hash FROM audit_entries ORDER BY id")).all()
+        with pytest.raises(Exception, match="audit_leaves"):
+            connection.execute(text("SELECT count(*) FROM audit_leaves")).scalar()
+    sequenced = {idx: (bytes(entry), split, bytes(leaf)) for idx, entry, split, leaf in old if idx is not None}
+    # Revision 0006's layout: the final bytes in the row, no offset, the leaf hash beside them.
+    assert {idx: data for idx, (data, _split, _leaf) in sequenced.items()} == finals
+    assert all(split is None and leaf == leaf_hash(data) for data, split, leaf in sequenced.values())
+    assert [split is not None for idx, _entry, split, _leaf in old if idx is None] == [True] * before.pending
+
+    upgrade(empty_database)
+    assert _final_entries(engine) == finals
+    broker = build_broker(settings, clock=FixedClock())
+    app = create_app(settings, broker=broker)
+    app.testing = True
+    env = Env(broker=broker, app=app, client=app.test_client(), clock=FixedClock())  # organisations are there
+    try:
+        after = verify_broker_log(env.broker)
+        assert (after.size, after.root, after.pending) == (before.size, before.root, before.pending)
+        env.serve(env.person(), "kela")  # the queueing trigger is there again after the batch operations
+        assert verify_broker_log(env.broker).pending > before.pending
+        Sequencer(env.broker).run_once()
+        assert verify_broker_log(env.broker).pending == 0
+    finally:
+        env.broker.db.dispose()
+
+
+def test_revision_0007_stops_on_an_entry_that_no_longer_holds_its_own_index(
+    empty_database: str, engine: Engine
+) -> None:
+    upgrade(empty_database, "0006")
+    final = encode_entry(
+        index=4, logged_at=datetime(2026, 1, 15, tzinfo=UTC), event="consent:grant", request_id=None,
+        partner=None, organisation=None, actor_role=None, actor_commitment=None, person_id="per_x", category=None,
+        purpose=None, effect=None, basis=None, policy_version=None,
+    )  # fmt: skip
+    altered = final.replace(b'"index":4,', b'"index":5,')
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO audit_entries (id, idx, entry, leaf_hash, logged_at, event) "
+                "VALUES (5, 4, :entry, :leaf, :at, 'consent:grant')"
+            ),
+            {"entry": altered, "leaf": leaf_hash(final), "at": datetime(2026, 1, 15, tzinfo=UTC)},
+        )
+    with pytest.raises(RuntimeError, match="the audit entry at index 4 does not hold its own index"):
+        upgrade(empty_database)
+
+
+def _revision_0007() -> Any:
+    path = Path(__file__).resolve().parents[2] / "broker" / "migrations" / "versions" / "0007_audit_leaves.py"
+    spec = importlib.util.spec_from_file_location("revision_0007", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        None,
+        {"filters": {"index": 7}, "returned": 1},  # an audit:query entry's own "index", with the same number
+        {"filters": {"index": 7, "x": "y"}, "returned": 1},  # … followed by another member
+        {"note": '"index":7,'},  # the member's text inside a string
+        {"list": [{"index": 7, "a": [1, {"index": 7, "b": 2}]}]},
+    ],
+)
+def test_revision_0007_cuts_out_exactly_the_top_level_index_member(detail: dict[str, Any] | None) -> None:
+    revision = _revision_0007()
+    arguments: dict[str, Any] = dict(
+        logged_at=datetime(2026, 1, 15, tzinfo=UTC), event="audit:query", request_id=None, partner=None,
+        organisation=None, actor_role=None, actor_commitment=None, person_id=None, category=None, purpose=None,
+        effect=None, basis=None, policy_version=None, detail=detail,
+    )  # fmt: skip
+    final = encode_entry(index=7, **arguments)
+    pending, split = revision.pending_form(final, 7)
+    assert (pending, split) == encode_pending(**arguments)
+    assert place_index(pending, split, 7) == revision.final_form(pending, split, 7) == final
+    with pytest.raises(revision.ConversionError):
+        revision.pending_form(final, 8)

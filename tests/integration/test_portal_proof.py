@@ -23,8 +23,9 @@ from markupsafe import escape
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
+from audit import place_index
 from audit.__main__ import main as verify_offline
-from broker.adapters.orm import AuditEntryRow, DisclosureRow
+from broker.adapters.orm import AuditEntryRow, AuditLeafRow, DisclosureRow
 from broker.http.portal.proof import DOWNLOAD_MEMBERS
 from broker.services import audit_read
 from broker.services.sequencer import Sequencer
@@ -96,15 +97,16 @@ def check_independently(env: Env, bundle: dict[str, Any]) -> None:
     origin, size_line, root_line = text.splitlines()[:3]
     assert origin == name
     assert int(size_line) == bundle["tree_size"]
-    # Every leaf, recomputed from the stored canonical bytes, and the tree they make.
+    # Every leaf, recomputed from the stored bytes with each index put in (audit.place_index), and the tree they make.
     with env.broker.uow(write=False) as uow:
         stored = uow.session.execute(
-            select(AuditEntryRow.idx, AuditEntryRow.entry)
-            .where(AuditEntryRow.idx.is_not(None), AuditEntryRow.idx < int(size_line))
-            .order_by(AuditEntryRow.idx)
+            select(AuditLeafRow.idx, AuditEntryRow.entry, AuditEntryRow.split)
+            .join(AuditEntryRow, AuditEntryRow.id == AuditLeafRow.entry_id)
+            .where(AuditLeafRow.idx < int(size_line))
+            .order_by(AuditLeafRow.idx)
         ).all()
-    assert [idx for idx, _ in stored] == list(range(int(size_line)))
-    entries = [bytes(entry) for _, entry in stored]
+    assert [idx for idx, _, _ in stored] == list(range(int(size_line)))
+    entries = [place_index(bytes(entry), split, idx) for idx, entry, split in stored]
     assert base64.b64encode(rfc9162.mth(entries)).decode() == root_line
     index = int(bundle["index"])
     entry = str(bundle["entry"]).encode("utf-8")
