@@ -3,7 +3,7 @@
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-12-10
+Create Date: 2026-12-06
 
 Until this revision the sequencer rewrote each entry's row with its final bytes (the pending bytes with the index
 member put in), its index and its leaf hash: every entry was written twice. Now the row keeps the pending bytes
@@ -13,9 +13,10 @@ Existing entries are converted without changing a byte of what the log proves: a
 are cut back into its pending bytes and the offset where its index member stood, so that putting the index back
 in (audit.place_index) gives exactly the bytes stored before, whose leaf hash is kept. Entries not yet sequenced
 are queued. The conversion reads and writes a chunk of entries at a time, so a large log does not have to fit in
-memory; it runs in Python, at some tens of thousands of entries a second. An entry whose bytes no longer hold their
-own index as a member after another (a log altered before the upgrade) cannot be converted without losing what it
-says, and stops the upgrade with its index: `broker audit verify` on the previous version names what differs.
+memory; it runs in Python: 200,000 entries took 12 s on SQLite and 16 s on PostgreSQL (2 cores), so a log of
+100 million would take hours. An entry whose bytes no longer hold their own index as a member after another (a
+log altered before the upgrade) cannot be converted without losing what it says, and stops the upgrade with its
+index: `broker audit verify` on the previous version names what differs.
 """
 
 from __future__ import annotations
