@@ -27,6 +27,9 @@ class Settings:
     assertion_iat_skew: int = 10
     max_body_bytes: int = 1024 * 1024
     consent_request_ttl_days: int = 30
+    # How long a recipient has to say what it did with data it received under a consent that was then withdrawn
+    # (deleted, or retained under a statute) before the silence goes to the DPO's anomaly queue (issue #8).
+    attestation_due_days: int = 14
     # How long the first response to a request with an Idempotency-Key is kept for its retries
     # (BROKER_IDEMPOTENCY_KEY_TTL, seconds; broker/services/idempotency.py, docs/api.md).
     idempotency_key_ttl: int = 24 * 3600

@@ -460,6 +460,96 @@ class IdempotencyKeyRow(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
+class WebhookEndpointRow(Base):
+    """An HTTPS endpoint where a partner system takes its organisation's events, pushed as signed Security Event
+    Tokens (RFC 8417, RFC 8935). Registered by one partner system, serving its whole organisation; deactivated,
+    never deleted, so that its deliveries keep their history."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), index=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("partners.client_id"))
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]]
+    active: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
+class OutboxEventRow(Base):
+    """An event for one organisation, written in the same transaction as the change it reports (the transactional
+    outbox): it exists exactly when the change committed. `id` is the event id that receivers de-duplicate on (the
+    token's `jti`). An event that concerns three organisations is three rows, each addressed to one of them, so
+    that each organisation sees only its own and its token names it as the audience. `data` holds identifiers and
+    states only — never record content or an identity code (DESIGN.md invariants 6 and 8)."""
+
+    __tablename__ = "outbox_events"
+    # The order events were written in (a partner's feed reads its events by it); `id` is what others refer to.
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(ID, unique=True)
+    type: Mapped[str] = mapped_column(String(40))
+    organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    person_id: Mapped[str | None] = mapped_column(ID)
+    data: Mapped[dict[str, Any]]
+    occurred_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+    __table_args__ = (
+        Index("ix_outbox_events_organisation_seq", "organisation_id", "seq"),
+        Index("ix_outbox_events_person", "person_id"),
+    )
+
+
+class WebhookDeliveryRow(Base):
+    """The delivery of one event to one endpoint: created with the event (so that no committed event can miss its
+    delivery), then worked by `broker worker` until delivered or given up. `next_attempt_at` is also the lease: a
+    worker that takes a delivery moves it forward before sending, so that a worker that dies mid-send leaves the
+    delivery to be taken again when the lease runs out (at-least-once)."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("outbox_events.id"))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id"))
+    status: Mapped[str] = mapped_column(String(12))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(400))
+    delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),
+        Index("ix_webhook_deliveries_event_endpoint", "event_id", "endpoint_id", unique=True),
+    )
+
+
+class WithdrawalAttestationRow(Base):
+    """What an organisation that received data under a consent did with it after the consent was withdrawn: deleted
+    it, or kept it because a statute requires keeping it (GDPR 17(1)(b) and 17(3)(b); GDPR 19 obliges the
+    controller to tell each recipient). Asked for with the `consent.withdrawn` event; unanswered after `due_at` it
+    goes to the data-protection officer's anomaly queue."""
+
+    __tablename__ = "withdrawal_attestations"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    consent_id: Mapped[str] = mapped_column(ForeignKey("consents.id"))
+    organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    person_id: Mapped[str] = mapped_column(ForeignKey("persons.id"), index=True)
+    event_id: Mapped[str | None] = mapped_column(ID)
+    requested_at: Mapped[datetime]
+    due_at: Mapped[datetime] = mapped_column(index=True)
+    outcome: Mapped[str | None] = mapped_column(String(12))  # None (not answered) | deleted | retained
+    statute: Mapped[str | None] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)
+    answered_at: Mapped[datetime | None]
+    answered_by_client: Mapped[str | None] = mapped_column(ID)
+    answered_by_actor: Mapped[str | None] = mapped_column(String(120))
+    __table_args__ = (
+        Index("ix_withdrawal_attestations_consent_org", "consent_id", "organisation_id", unique=True),
+        Index("ix_withdrawal_attestations_org_outcome", "organisation_id", "outcome"),
+    )
+
+
 class PolicyVersionRow(Base):
     """Every policy version the broker has run, with its full text, so any past decision can be re-read."""
 

@@ -38,6 +38,7 @@ SCOPES: dict[str, str] = {
     "records": "deposit records",
     "disclosures": "request records for a purpose and ask for decisions",
     "notices": "send statutory notices and read the inbox",
+    "webhooks": "register endpoints for events and read their delivery status",
     "audit:read": "read the audit log (data-protection officer systems only)",
 }
 PARTNER_SCOPES = tuple(s for s in SCOPES if s != "audit:read")
