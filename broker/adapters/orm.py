@@ -137,6 +137,8 @@ class ConsentRequestRow(Base):
     expires_at: Mapped[datetime]
     answered_at: Mapped[datetime | None]
     consent_id: Mapped[str | None] = mapped_column(ID)
+    # The expiry job (broker/services/jobs.py) looks for pending requests past their deadline.
+    __table_args__ = (Index("ix_consent_requests_status_expires", "status", "expires_at"),)
 
 
 class ConsentRow(Base):
@@ -169,6 +171,8 @@ class ConsentRow(Base):
     request_id: Mapped[str | None] = mapped_column(ID)
     created_at: Mapped[datetime]
     withdrawn_at: Mapped[datetime | None]
+    # The expiry job looks for active consents past `valid_until`: at national scale a scan of every consent.
+    __table_args__ = (Index("ix_consents_status_valid_until", "status", "valid_until"),)
 
 
 class ConsentEventRow(Base):

@@ -18,6 +18,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('consent_requests', schema=None) as batch_op:
+        batch_op.create_index('ix_consent_requests_status_expires', ['status', 'expires_at'], unique=False)
+    with op.batch_alter_table('consents', schema=None) as batch_op:
+        batch_op.create_index('ix_consents_status_valid_until', ['status', 'valid_until'], unique=False)
     op.create_table('outbox_events',
     sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('id', sa.String(length=40), nullable=False),
@@ -122,3 +126,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_outbox_events_organisation_seq')
 
     op.drop_table('outbox_events')
+    with op.batch_alter_table('consents', schema=None) as batch_op:
+        batch_op.drop_index('ix_consents_status_valid_until')
+    with op.batch_alter_table('consent_requests', schema=None) as batch_op:
+        batch_op.drop_index('ix_consent_requests_status_expires')
