@@ -19,7 +19,7 @@ from broker.adapters.uow import UnitOfWork
 from broker.config import Settings
 from broker.domain.clock import Clock, SystemClock
 from broker.domain.errors import ConfigurationError, DatabaseUnavailableError
-from broker.domain.model import Caller
+from broker.domain.model import SCOPES, Caller
 from broker.http.errors import BrokerFlask, database_unavailable_response, register_error_handlers
 from broker.services import Broker
 from broker.services.audit_log import append_entry
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     from broker.http.api.views import PartnerApi, blp
     from broker.http.dpo import init_dpo
     from broker.http.limits import init_limits
+    from broker.http.metrics import init_metrics
     from broker.http.portal import init_portal
     from broker.oauth import init_oauth
 
@@ -148,14 +149,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             "flows": {
                 "clientCredentials": {
                     "tokenUrl": f"{settings.issuer}/oauth/token",
-                    "scopes": {
-                        "persons": "",
-                        "consents": "",
-                        "records": "",
-                        "disclosures": "",
-                        "notices": "",
-                        "audit:read": "",
-                    },
+                    "scopes": dict(SCOPES),
                 }
             },
         },
@@ -215,6 +209,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     @app.get("/healthz")
     def healthz() -> Response:
         return Response('{"status":"ok"}', mimetype="application/json")
+
+    init_metrics(app, broker)  # GET /metrics (broker/http/metrics.py)
 
     @app.get("/readyz")
     def readyz() -> Response:

@@ -30,6 +30,9 @@ class Settings:
     # How long a recipient has to say what it did with data it received under a consent that was then withdrawn
     # (deleted, or retained under a statute) before the silence goes to the DPO's anomaly queue (issue #8).
     attestation_due_days: int = 14
+    # A bearer token that /metrics requires when set (BROKER_METRICS_TOKEN); unset, /metrics is open like /healthz
+    # and should be reachable only from the operator's network (docs/operations.md).
+    metrics_token: str | None = None
     # How long the first response to a request with an Idempotency-Key is kept for its retries
     # (BROKER_IDEMPOTENCY_KEY_TTL, seconds; broker/services/idempotency.py, docs/api.md).
     idempotency_key_ttl: int = 24 * 3600
@@ -149,6 +152,7 @@ class Settings:
             **_database_settings(env),
             **_dpop_settings(env),
             test_disable_decision_lock=_switch(env, "BROKER_TEST_DISABLE_DECISION_LOCK"),
+            metrics_token=env.get("BROKER_METRICS_TOKEN") or None,
             **_limit_settings(env),
         )
         settings = replace(settings, **overrides)
