@@ -345,6 +345,22 @@ def unavailability(error: BaseException) -> str | None:
     return found
 
 
+def transaction_conflict(error: BaseException) -> str | None:
+    """`postgres_40001` (serialization failure) or `postgres_40P01` (deadlock detected) when `error` is, or was raised
+    from, a PostgreSQL transaction rollback of class 40: the transaction lost a race with a concurrent one and was
+    rolled back whole, so sending the same request again is safe and will most likely succeed. None otherwise."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        if isinstance(current, DBAPIError):
+            state = getattr(current.orig, "sqlstate", None)
+            if isinstance(state, str) and state.startswith("40"):
+                return f"postgres_{state}"
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _reason(error: BaseException) -> str | None:
     if isinstance(error, PoolTimeoutError):
         return "pool_timeout"

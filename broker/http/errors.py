@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, current_app, g, json, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from broker.adapters.database import unavailability
+from broker.adapters.database import transaction_conflict, unavailability
 from broker.domain.errors import BrokerError, DatabaseUnavailableError
 from broker.logs import stack
 
@@ -197,6 +197,23 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
+        conflict = transaction_conflict(error)
+        if conflict is not None:
+            # A serialization failure or deadlock (SQLSTATE class 40) rolled the whole transaction back: nothing was
+            # written, and the same request sent again will most likely go through. 503 with Retry-After (RFC 9110
+            # §15.6.4, §10.2.3) rather than 500, so that clients retry it.
+            log.warning(
+                "transaction conflict",
+                extra={"request_id": getattr(g, "request_id", None), "reason": conflict, "endpoint": request.endpoint},
+            )
+            response = problem(
+                503,
+                "transaction_conflict",
+                "Service unavailable",
+                "the request conflicted with a concurrent one and was rolled back; send it again",
+            )
+            response.headers["Retry-After"] = "1"
+            return response
         # Logged by type and stack frames, without `exc_info`: the exception's message may echo an input (an
         # identity code, record content), and every handler — not only broker/logs.py's — would print it.
         log.error(
