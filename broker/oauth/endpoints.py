@@ -217,18 +217,24 @@ def jwks_endpoint() -> Response:
 # --- Protected views ---
 
 
-def require_scope(scope: str) -> Callable[[View], View]:
-    """Protect a view: a valid access token carrying `scope`, else an RFC 9457 problem with the RFC 6750
-    challenge. The caller is in `flask.g.caller` while the view runs."""
-    if scope not in SCOPES:
-        raise ValueError(f"unknown scope {scope!r}")  # a typo in a route must fail at import, not at request
+def require_scope(*scopes: str) -> Callable[[View], View]:
+    """Protect a view: a valid access token carrying one of `scopes` (usually one is named), else an RFC 9457
+    problem with the RFC 6750 challenge. The caller is in `flask.g.caller` while the view runs; a view
+    open to several scopes reads `caller.scopes` to tell which part of the resource the caller may see."""
+    if not scopes:
+        raise ValueError("a protected view needs at least one scope")
+    for name in scopes:
+        if name not in SCOPES:
+            raise ValueError(f"unknown scope {name!r}")  # a typo in a route must fail at import, not at request
+    required = scopes[0] if len(scopes) == 1 else scopes
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
         def protected(*args: Any, **kwargs: Any) -> Any:
             broker = _broker()
             try:
-                caller, proof = check_request(broker, request.headers.get("Authorization"), scope, dpop=_dpop_request())
+                authorization = request.headers.get("Authorization")
+                caller, proof = check_request(broker, authorization, required, dpop=_dpop_request())
             except ResourceAccessError as error:
                 return problem_response(error)
             g.caller = dataclasses.replace(caller, request_id=g.get("request_id"))

@@ -105,7 +105,7 @@ def access_token(authorization_header: str | None, *, require_dpop: bool) -> tup
 def authenticate_request(
     broker: Broker,
     authorization_header: str | None,
-    required_scope: str,
+    required_scope: str | tuple[str, ...],
     *,
     dpop: DpopRequest | None = None,
     session: Session | None = None,
@@ -129,7 +129,7 @@ def authenticate_request(
 def check_request(
     broker: Broker,
     authorization_header: str | None,
-    required_scope: str,
+    required_scope: str | tuple[str, ...],
     *,
     dpop: DpopRequest | None = None,
     session: Session | None = None,
@@ -190,7 +190,11 @@ def _verify_proof(broker: Broker, dpop: DpopRequest | None, token: str, now: dat
 
 
 def _caller_for(
-    session: Session | Connection, token: str, proof: DpopProof | None, required_scope: str, now: datetime
+    session: Session | Connection,
+    token: str,
+    proof: DpopProof | None,
+    required_scope: str | tuple[str, ...],
+    now: datetime,
 ) -> Caller:
     found = _TOKEN_QUERY.first(session, {"token_hash": hash_token(token)})
     # The challenge names DPoP for a request made with a proof or a token bound to a key.
@@ -222,10 +226,12 @@ def _caller_for(
             )
     # The token's scopes, less any the partner has lost since the token was issued.
     scopes = frozenset(found.scope.split(" ")) & frozenset(found.scopes)
-    if required_scope not in scopes:
+    # A tuple names alternatives: a resource that partners and DPO systems both read, each seeing its own part.
+    wanted = (required_scope,) if isinstance(required_scope, str) else required_scope
+    if scopes.isdisjoint(wanted):
         raise InsufficientScopeError(
-            f"This resource needs scope {required_scope!r}; the access token does not carry it.",
-            scope=required_scope,
+            f"This resource needs scope {' or '.join(repr(s) for s in wanted)}; the access token does not carry it.",
+            scope=" ".join(wanted),
             dpop_algs=algs,
         )
     return Caller(

@@ -104,7 +104,7 @@ def _config(world: FuzzWorld) -> schemathesis.Config:
         "sizes": list(range(1, world.tree_size + 1)),
     }
     bindings = {
-        "persons": ["path.person_id", "query.person_id", "body.person_id"],
+        "persons": ["path.person_id", "query.person_id", "query.patient", "body.person_id"],
         "consents": ["path.consent_id"],
         "notices": ["path.notice_id"],
         "hetus": ["body.hetu"],
