@@ -131,7 +131,10 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.extensions["broker"] = broker
 
     from broker.devidp import init_dev_idp
+    from broker.http.api import attestations as _attestation_routes  # noqa: F401 — withdrawal attestations
     from broker.http.api import audit as _audit_routes  # noqa: F401 — registers the audit routes on the API blueprint
+    from broker.http.api import fhir as _fhir_routes  # noqa: F401 — FHIR and ISO/IEC TS 27560 routes
+    from broker.http.api import webhooks as _webhook_routes  # noqa: F401 — webhook endpoints, the event feed
     from broker.http.api.views import PartnerApi, blp
     from broker.http.dpo import init_dpo
     from broker.http.limits import init_limits

@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from broker.client.cli import add_client_commands
 from broker.config import Settings
 from broker.domain.errors import ConfigurationError
 
@@ -33,7 +35,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(summary)
     if args.no_serve:
         return 0
-    return _serve(settings, args.host, args.port, workers=args.workers)
+    # The demo is a whole deployment on one machine: beside the web processes, a worker that pushes partner events to
+    # the endpoints registered (loopback http is allowed in demo mode) and runs the scheduled jobs every minute.
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "broker.cli", "worker"], env={**os.environ, "BROKER_MODE": "demo"}
+    )
+    try:
+        return _serve(settings, args.host, args.port, workers=args.workers)
+    finally:
+        worker.terminate()  # SIGTERM: it stops after recording what it was sending
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -340,20 +355,62 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_jobs_run(args: argparse.Namespace) -> int:
+def cmd_export_fhir(args: argparse.Namespace) -> int:
+    """Each person's consents and disclosures as a FHIR R4 Bundle, as the data-protection officer sees them."""
     from broker.app import build_broker
-    from broker.oauth import purge_expired
-    from broker.services.idempotency import purge_expired_keys
+    from broker.services.fhir import ExportError, export_fhir
 
     broker = build_broker(_settings())
     try:
-        jtis, tokens = purge_expired(broker)
-        responses = purge_expired_keys(broker)
+        summary = export_fhir(broker, args.directory, person_id=args.person)
+    except ExportError as error:
+        print(f"export failed: {error}", file=sys.stderr)
+        return 1
     finally:
         broker.db.dispose()
-    print(f"forgot {jtis} used assertion and DPoP proof ids and {tokens} expired access tokens")
-    print(f"forgot {responses} stored responses of expired Idempotency-Keys")
+    print(summary.line())
     return 0
+
+
+def cmd_jobs_run(args: argparse.Namespace) -> int:
+    from broker.app import build_broker
+    from broker.services.jobs import JobRunError, run_jobs
+
+    broker = build_broker(_settings())
+    try:
+        report = run_jobs(broker, args.now)
+    except JobRunError as error:
+        print(f"jobs: {error}", file=sys.stderr)
+        return 2
+    finally:
+        broker.db.dispose()
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Deliver webhook events and run the scheduled jobs until stopped (docs/webhooks.md, "The worker")."""
+    from broker.app import build_broker
+    from broker.logs import configure_logging
+    from broker.worker import Worker, WorkerOptions, lease_from_env, stop_on_signals
+
+    options = WorkerOptions(
+        interval=args.interval,
+        batch=args.batch,
+        concurrency=args.concurrency,
+        jobs_interval=args.jobs_interval,
+        lease=lease_from_env(),
+    )
+    options.check()
+    configure_logging()
+    broker = build_broker(_settings())
+    try:
+        worker = Worker(broker, options)
+        stop_on_signals(worker)
+        return worker.run(once=args.once)
+    finally:
+        broker.db.dispose()
 
 
 def cmd_retention_run(args: argparse.Namespace) -> int:
@@ -491,11 +548,30 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--cases", type=Path, default=None, help="decision tables folder (default: the shipped ones)")
 
     jobs = commands.add_parser("jobs", help="scheduled jobs").add_subparsers(dest="jobs_command", required=True)
-    add(
+    jobs_run = add(
         "run",
         cmd_jobs_run,
-        "run the periodic jobs once (forget expired assertion and DPoP proof ids, tokens, Idempotency-Key responses)",
+        "run the scheduled jobs once: forget expired assertion and DPoP proof ids, tokens and Idempotency-Key "
+        "responses; expire consent requests past their deadline and consents past their end or relationship "
+        "(docs/jobs.md)",
         jobs,
+    )
+    jobs_run.add_argument(
+        "--now", type=_instant, default=None, metavar="ISO", help="expire as of this time (default: now; not future)"
+    )
+
+    worker = add(
+        "worker",
+        cmd_worker,
+        "deliver webhook events to partners' endpoints and run the scheduled jobs, until SIGTERM or SIGINT "
+        "(docs/webhooks.md)",
+    )
+    worker.add_argument("--once", action="store_true", help="one round of deliveries and the jobs, then exit")
+    worker.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between polls (default 2)")
+    worker.add_argument("--batch", type=int, default=50, metavar="N", help="deliveries taken per round (default 50)")
+    worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="sends at once (default 4)")
+    worker.add_argument(
+        "--jobs-interval", type=float, default=60.0, metavar="S", help="seconds between job runs (default 60; 0: none)"
     )
 
     retention = commands.add_parser("retention", help="retention of record content (docs/retention.md)")
@@ -544,6 +620,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("directory", type=Path, metavar="DIR", help="a new or empty folder")
     export.add_argument("--from", dest="from_index", type=int, default=None, help="first entry index (default 0)")
     export.add_argument("--to", dest="to_index", type=int, default=None, help="end index, exclusive (default all)")
+
+    exports = commands.add_parser("export", help="consents and disclosures in standard formats")
+    export_commands = exports.add_subparsers(dest="export_command", required=True)
+    fhir_export = add(
+        "fhir",
+        cmd_export_fhir,
+        "write each person's consents and disclosures as a FHIR R4 Bundle to DIR/<person_id>.json (logged)",
+        export_commands,
+    )
+    fhir_export.add_argument("directory", type=Path, metavar="DIR", help="a new or empty folder")
+    fhir_export.add_argument("--person", default=None, metavar="PERSON_ID", help="only this person")
+
+    add_client_commands(commands)  # `broker client …`: the partner client (broker/client/cli.py)
     return parser
 
 

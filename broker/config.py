@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,14 @@ class Settings:
     # A bearer token that /metrics requires when set (BROKER_METRICS_TOKEN); unset, /metrics is open like /healthz
     # and should be reachable only from the operator's network (docs/operations.md).
     metrics_token: str | None = None
+    # Private networks where partner systems take their events (BROKER_WEBHOOK_NETWORKS, comma-separated CIDR blocks,
+    # e.g. a municipal network reached over a VPN): webhook deliveries go to public addresses and to these only
+    # (broker/services/webhooks.py, docs/webhooks.md).
+    webhook_networks: tuple[IPv4Network | IPv6Network, ...] = ()
+    # How long partner events are kept once their deliveries are over (BROKER_EVENT_RETENTION_DAYS, at least 7): the
+    # window in which a partner can catch up from the feed (GET /api/v1/events) after an outage
+    # (broker/services/jobs.py, docs/webhooks.md).
+    event_retention_days: int = 90
     # How long the first response to a request with an Idempotency-Key is kept for its retries
     # (BROKER_IDEMPOTENCY_KEY_TTL, seconds; broker/services/idempotency.py, docs/api.md).
     idempotency_key_ttl: int = 24 * 3600
@@ -153,11 +162,39 @@ class Settings:
             **_dpop_settings(env),
             test_disable_decision_lock=_switch(env, "BROKER_TEST_DISABLE_DECISION_LOCK"),
             metrics_token=env.get("BROKER_METRICS_TOKEN") or None,
+            webhook_networks=_networks(env, "BROKER_WEBHOOK_NETWORKS"),
+            event_retention_days=_whole_days(env, "BROKER_EVENT_RETENTION_DAYS", default=90, minimum=7),
             **_limit_settings(env),
         )
         settings = replace(settings, **overrides)
         settings.verify_test_switches()
         return settings
+
+
+def _whole_days(env: dict[str, str], name: str, *, default: int, minimum: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < minimum:
+        raise ConfigurationError(f"{name} must be a whole number of days, at least {minimum}, not {value!r}")
+    return int(value)
+
+
+def _networks(env: dict[str, str], name: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    found: list[IPv4Network | IPv6Network] = []
+    for item in (part.strip() for part in env.get(name, "").split(",")):
+        if not item:
+            continue
+        try:
+            network = ip_network(item, strict=True)
+        except ValueError as error:
+            raise ConfigurationError(
+                f"{name}: {item!r} is not a network in CIDR notation such as 10.20.0.0/16 ({error})"
+            ) from None
+        if network.is_loopback or network.is_link_local or network.is_multicast or network.is_unspecified:
+            raise ConfigurationError(f"{name}: {item!r} is a loopback, link-local, multicast or unspecified network")
+        found.append(network)
+    return tuple(found)
 
 
 def _switch(env: dict[str, str], name: str) -> bool:

@@ -351,3 +351,146 @@ class ProblemSchema(Schema):
     field = fields.String()
     errors = fields.Dict()
     request_id = fields.String(metadata={"description": "the request's X-Request-Id, to quote when reporting it"})
+
+
+# -- withdrawal attestations (scope consents; docs/withdrawal.md) -------------------------------------------------
+
+
+class AttestationCreateSchema(StrictSchema):
+    outcome = fields.String(required=True, validate=validate.OneOf(["deleted", "retained"]))
+    # Checked by the use case against the statutes that require keeping client records, so that a wrong one is
+    # answered with the accepted values (code `unknown_statute`).
+    statute = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Length(min=1, max=200),
+        metadata={
+            "description": "required with `retained`, and only then: the statute that requires keeping the data, as "
+            "its number in the statute book — 703/2023, 380/2023, 381/2023, 785/1992, 94/2022 or 831/1994"
+        },
+    )
+    note = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2000))
+
+
+class AttestationSchema(StrictSchema):
+    attestation_id = fields.String()
+    consent_id = fields.String()
+    person_id = fields.String()
+    organisation = fields.String()
+    event_id = fields.String(allow_none=True, metadata={"description": "the consent.withdrawn event that asked"})
+    requested_at = fields.DateTime()
+    due_at = fields.DateTime()
+    status = fields.String(metadata={"description": "pending | overdue | deleted | retained"})
+    outcome = fields.String(allow_none=True)
+    statute = fields.String(allow_none=True)
+    note = fields.String(allow_none=True)
+    answered_at = fields.DateTime(allow_none=True)
+    late = fields.Boolean(metadata={"description": "answered after the due date"})
+
+
+class AttestationListQuerySchema(StrictSchema):
+    status = fields.String(load_default="open", validate=validate.OneOf(["open", "answered", "all"]))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
+
+
+# -- events and webhook endpoints (scope webhooks; docs/webhooks.md) -------------------------------------------------
+
+CURSOR = validate.Regexp(r"^[0-9]{1,19}$", error="not a cursor from a previous page")
+DELIVERY_STATUS = validate.OneOf(["pending", "delivered", "failed"])
+
+
+class WebhookCreateSchema(StrictSchema):
+    url = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=2000),
+        metadata={
+            "description": "where events are POSTed: an https URL without user name, password or fragment; plain http "
+            "only to a loopback host in demo and test mode"
+        },
+    )
+    events = fields.List(
+        fields.String(validate=validate.Length(min=1, max=40)),
+        required=True,
+        validate=validate.Length(min=1, max=20),
+        metadata={"description": "the event types to send here (docs/webhooks.md); duplicates are ignored"},
+    )
+
+
+class DeliveryCountsSchema(StrictSchema):
+    pending = fields.Integer()
+    delivered = fields.Integer()
+    failed = fields.Integer()
+
+
+class WebhookSchema(StrictSchema):
+    webhook_id = fields.String()
+    organisation = fields.String()
+    url = fields.String()
+    events = fields.List(fields.String())
+    active = fields.Boolean()
+    registered_by = fields.String(metadata={"description": "the partner system that registered it"})
+    created_at = fields.DateTime()
+    disabled_at = fields.DateTime(allow_none=True)
+    deliveries = fields.Nested(DeliveryCountsSchema)
+
+
+class WebhookTestSchema(StrictSchema):
+    event_id = fields.String(metadata={"description": "the `jti` of the `webhook.test` token sent"})
+    delivered = fields.Boolean()
+    status = fields.Integer(allow_none=True, metadata={"description": "the receiver's HTTP status; null: no answer"})
+    error = fields.String(allow_none=True)
+    elapsed_ms = fields.Integer()
+
+
+class DeliveryQuerySchema(StrictSchema):
+    status = fields.String(validate=DELIVERY_STATUS)
+    cursor = fields.String(validate=CURSOR)
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
+
+
+class AuditDeliveryQuerySchema(DeliveryQuerySchema):
+    status = fields.String(load_default="failed", validate=DELIVERY_STATUS)
+    organisation = fields.String(validate=ID)
+
+
+class DeliverySchema(StrictSchema):
+    delivery_id = fields.String()
+    webhook_id = fields.String()
+    event_id = fields.String()
+    type = fields.String()
+    organisation = fields.String()
+    status = fields.String(metadata={"description": "pending | delivered | failed"})
+    attempts = fields.Integer()
+    next_attempt_at = fields.DateTime(allow_none=True)
+    last_attempt_at = fields.DateTime(allow_none=True)
+    last_status = fields.Integer(allow_none=True)
+    last_error = fields.String(allow_none=True)
+    delivered_at = fields.DateTime(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class DeliveryPageSchema(StrictSchema):
+    deliveries = fields.List(fields.Nested(DeliverySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class EventQuerySchema(StrictSchema):
+    after = fields.String(validate=CURSOR, metadata={"description": "a `next_cursor` from an earlier page"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=500))
+    tokens = fields.Boolean(load_default=False, metadata={"description": "add each event's signed token"})
+
+
+class EventSchema(StrictSchema):
+    event_id = fields.String(metadata={"description": "the token's `jti`: de-duplicate on it"})
+    type = fields.String()
+    organisation = fields.String()
+    person_id = fields.String(allow_none=True)
+    data = fields.Dict()
+    occurred_at = fields.DateTime()
+    token = fields.String(metadata={"description": "the Security Event Token (RFC 8417), with `tokens=true`"})
+
+
+class EventPageSchema(StrictSchema):
+    events = fields.List(fields.Nested(EventSchema))
+    next_cursor = fields.String(allow_none=True, metadata={"description": "pass as `after` to read on"})
+    has_more = fields.Boolean()

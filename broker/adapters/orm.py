@@ -171,8 +171,12 @@ class ConsentRow(Base):
     request_id: Mapped[str | None] = mapped_column(ID)
     created_at: Mapped[datetime]
     withdrawn_at: Mapped[datetime | None]
-    # The expiry job looks for active consents past `valid_until`: at national scale a scan of every consent.
-    __table_args__ = (Index("ix_consents_status_valid_until", "status", "valid_until"),)
+    # The expiry job looks for active consents past `valid_until`, and for consents bound to a service relationship
+    # (a small share of all, NULL for the rest): without these, each run would scan every consent.
+    __table_args__ = (
+        Index("ix_consents_status_valid_until", "status", "valid_until"),
+        Index("ix_consents_bound_to_org", "bound_to_org", "status"),
+    )
 
 
 class ConsentEventRow(Base):

@@ -162,6 +162,25 @@ METHODS: dict[str, str] = {
     "paper": _l("on paper"),
 }
 
+#: What an organisation that received data under a withdrawn consent did with it (docs/withdrawal.md).
+ATTESTATION_STATUSES: dict[str, str] = {
+    "pending": _l("Waiting for the answer"),
+    "overdue": _l("No answer in time"),
+    "deleted": _l("Deleted"),
+    "retained": _l("Kept because a law requires it"),
+}
+
+#: The laws under which an organisation may keep data after a withdrawal (broker/services/attestations.py,
+#: RETENTION_STATUTES), by their names and numbers in the statute book.
+STATUTES: dict[str, str] = {
+    "703/2023": _l("Act on the Processing of Client Data in Healthcare and Social Welfare (703/2023)"),
+    "380/2023": _l("Act on the Organisation of Employment Services (380/2023)"),
+    "381/2023": _l("Act on Multisectoral Joint Services Promoting Employment (381/2023)"),
+    "785/1992": _l("Act on the Status and Rights of Patients (785/1992)"),
+    "94/2022": _l("Decree of the Ministry of Social Affairs and Health on Patient Documents (94/2022)"),
+    "831/1994": _l("Archives Act (831/1994)"),
+}
+
 #: How a log entry came about: the organisation asked for the information, or it was sent to it (a notice).
 KINDS: dict[str, str] = {
     "request": _l("They asked for it"),
@@ -186,4 +205,6 @@ TABLES: dict[str, dict[str, str]] = {
     "actor": ACTORS,
     "method": METHODS,
     "kind": KINDS,
+    "attestation_status": ATTESTATION_STATUSES,
+    "statute": STATUTES,
 }

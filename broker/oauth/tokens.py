@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from broker.adapters.database import Prepared
@@ -336,15 +336,8 @@ def revoke_access_token(broker: Broker, credentials: ClientCredentials, *, token
 
 def purge_expired(broker: Broker) -> tuple[int, int]:
     """Forget used assertion and DPoP proof ids and access tokens whose time is over; returns (ids, tokens)
-    deleted, `ids` counting both kinds.
+    deleted, `ids` counting both kinds. One of the scheduled jobs, which live in broker/services/jobs.py (the use
+    cases may not import this package, so the job is there and this name calls it)."""
+    from broker.services.jobs import forget_expired_credentials
 
-    For a periodic job, not the request path: purges inside concurrent token requests would lock the same
-    rows. A `jti` row is deleted only after its `expires_at`, when its assertion can no longer pass `exp` (or its
-    proof can no longer pass the `iat` window)."""
-    now = broker.clock.now()
-    with broker.uow() as uow:
-        jtis = uow.session.execute(delete(AssertionJtiRow).where(AssertionJtiRow.expires_at < now))
-        proofs = uow.session.execute(delete(DpopProofJtiRow).where(DpopProofJtiRow.expires_at < now))
-        tokens = uow.session.execute(delete(AccessTokenRow).where(AccessTokenRow.expires_at < now))
-        uow.commit()
-    return jtis.rowcount + proofs.rowcount, tokens.rowcount  # type: ignore[attr-defined]
+    return forget_expired_credentials(broker, broker.clock.now())

@@ -14,6 +14,11 @@ organisation does not serve, a run of refusals, an organisation probing many per
 every use of a statutory exception, which the policy itself puts on the DPO's review list (obligation `dpo_review`,
 policies/rules/vocabulary.yaml).
 
+One rule reads a state beside the log rather than a pattern in it: `attestation_overdue`, a withdrawal that an
+organisation which received data under the consent has left unanswered past its due date (GDPR Art. 17 and 19,
+docs/withdrawal.md). Its finding points at the withdrawal's `consent:withdraw` entry and names the silent
+organisations; the facts (`WithdrawalFacts`) come from the attestations table.
+
 Days and office hours are Finnish: Europe/Helsinki, with its summer time.
 """
 
@@ -34,8 +39,17 @@ NO_RELATIONSHIP = "no_relationship"
 REPEATED_DENIALS = "repeated_denials"
 STATUTORY_EXCEPTION = "statutory_exception"
 ENUMERATION = "enumeration"
+ATTESTATION_OVERDUE = "attestation_overdue"
 #: Every rule, in the order the queue explains them.
-RULES = (OUT_OF_HOURS, VOLUME_SPIKE, NO_RELATIONSHIP, REPEATED_DENIALS, ENUMERATION, STATUTORY_EXCEPTION)
+RULES = (
+    OUT_OF_HOURS,
+    VOLUME_SPIKE,
+    NO_RELATIONSHIP,
+    REPEATED_DENIALS,
+    ENUMERATION,
+    STATUTORY_EXCEPTION,
+    ATTESTATION_OVERDUE,
+)
 
 #: Records handed over: pulled by the recipient (a permitted request) or pushed to it (a notice).
 DISCLOSURE_EVENTS = frozenset({"disclosure:permit", "notice:send"})
@@ -111,6 +125,26 @@ class Finding:
     @property
     def key(self) -> tuple[int, str]:
         return (self.entry_id, self.rule)
+
+
+@dataclass(frozen=True)
+class AttestationFacts:
+    """One organisation asked, after a withdrawal, what it did with the data it had received under the consent."""
+
+    organisation: str
+    due_at: datetime  # timezone-aware
+    answered_at: datetime | None = None  # timezone-aware; None while unanswered
+
+
+@dataclass(frozen=True)
+class WithdrawalFacts:
+    """A withdrawal that asked for attestations: its `consent:withdraw` log entry and whom it asked."""
+
+    entry_id: int
+    logged_at: datetime  # timezone-aware
+    consent_id: str
+    person_id: str | None
+    attestations: tuple[AttestationFacts, ...]
 
 
 #: (organisation, staff id, local day) → the professional's requests in the baseline period before that day.
@@ -353,6 +387,41 @@ def statutory_exceptions(entries: Iterable[LogFacts]) -> list[Finding]:
     return found
 
 
+def attestations_overdue(withdrawals: Iterable[WithdrawalFacts], now: datetime) -> list[Finding]:
+    """Every withdrawal with an organisation that has not answered by its due date — as of `now`: an answer given
+    later than `now` does not count yet. One item per withdrawal, at its `consent:withdraw` entry, naming the silent
+    organisations (the queue's organisation is the silent one when there is one only). An answer given late takes
+    the organisation out of the item; the item goes when every organisation has answered. Unlike the log rules it
+    does not age out of the queue's period: an unanswered question stays until it is answered or reviewed."""
+    found = []
+    for withdrawal in sorted(withdrawals, key=lambda w: (w.logged_at, w.entry_id)):
+        if withdrawal.logged_at > now:
+            continue
+        overdue = sorted(
+            (a for a in withdrawal.attestations if a.due_at <= now and (a.answered_at is None or a.answered_at > now)),
+            key=lambda a: (a.due_at, a.organisation),
+        )
+        if not overdue:
+            continue
+        silent = sorted({a.organisation for a in overdue})
+        found.append(
+            Finding(
+                ATTESTATION_OVERDUE,
+                withdrawal.entry_id,
+                withdrawal.logged_at,
+                silent[0] if len(silent) == 1 else None,
+                withdrawal.person_id,
+                {
+                    "consent_id": withdrawal.consent_id,
+                    "silent": silent,
+                    "due": local_day(overdue[0].due_at).isoformat(),
+                    "asked": len(withdrawal.attestations),
+                },
+            )
+        )
+    return found
+
+
 def evaluate(
     entries: Iterable[LogFacts],
     *,
@@ -360,8 +429,10 @@ def evaluate(
     baselines: Baselines,
     relationships: Relationships,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    withdrawals: Iterable[WithdrawalFacts] = (),
 ) -> list[Finding]:
-    """Every rule over the entries logged up to `now`, oldest first."""
+    """Every rule over the entries logged up to `now` (and the withdrawals' attestations as of `now`), oldest
+    first."""
     current = [e for e in entries if e.logged_at <= now]
     found = [
         *out_of_hours(current, thresholds),
@@ -370,6 +441,7 @@ def evaluate(
         *repeated_denials(current, thresholds),
         *enumeration(current, thresholds),
         *statutory_exceptions(current),
+        *attestations_overdue(withdrawals, now),
     ]
     order = {rule: i for i, rule in enumerate(RULES)}
     return sorted(found, key=lambda f: (f.logged_at, f.entry_id, order[f.rule]))

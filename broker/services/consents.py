@@ -30,8 +30,10 @@ from broker.domain.errors import (
 )
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
+from broker.services.attestations import announce_withdrawal
 from broker.services.audit_log import append_entry
 from broker.services.consent_texts import render_consent_text, store_consent_text
+from broker.services.events import emit
 from broker.services.persons import lock_person
 from policies import ConsentFact
 
@@ -99,8 +101,31 @@ def record_consent(
             basis={"kind": "consent", "consent_id": consent.id, "consent_version": consent.version},
             detail={"method": method},
         )
+        # The organisation that recorded it knows; the others named in it hear of it (issue #8).
+        emit_consent_granted(uow, consent, now, acting_org=caller.organisation_id)
         uow.commit()
         return consent_view(consent)
+
+
+def emit_consent_granted(uow: UnitOfWork, consent: ConsentRow, now: datetime, *, acting_org: str | None) -> None:
+    """The `consent.granted` event, in the grant's own transaction, to the requester and every recipient except the
+    organisation whose API call recorded the consent (`acting_org`; None when the person granted it in the portal)."""
+    emit(
+        uow,
+        type="consent.granted",
+        organisations={consent.requester_org, *consent.recipients} - {acting_org},
+        person_id=consent.person_id,
+        data={
+            "consent_id": consent.id,
+            "version": consent.version,
+            "requester": consent.requester_org,
+            "recipients": list(consent.recipients),
+            "categories": list(consent.categories),
+            "purposes": list(consent.purposes),
+            "valid_until": consent.valid_until,
+        },
+        now=now,
+    )
 
 
 def create_consent(
@@ -271,6 +296,9 @@ def withdraw_consent(broker: Broker, caller: Caller, consent_id: str, *, reason:
 
         told = sorted({consent.requester_org, *consent.recipients} - {caller.organisation_id})
         notice_ids = notify_consent_withdrawn(broker, uow, consent, told, now)
+        # Every organisation that received data under the consent must say what it did with it — the recording
+        # organisation too, when it did: it still holds the data (docs/withdrawal.md).
+        asked = announce_withdrawal(broker, uow, consent, now, acting_org=caller.organisation_id)
         append_entry(
             uow,
             event="consent:withdraw",
@@ -278,7 +306,7 @@ def withdraw_consent(broker: Broker, caller: Caller, consent_id: str, *, reason:
             caller=caller,
             person_id=consent.person_id,
             basis={"kind": "consent", "consent_id": consent.id, "consent_version": consent.version},
-            detail={"told": told, "notice_ids": notice_ids},
+            detail={"told": told, "notice_ids": notice_ids, "attestations_asked": asked},
         )
         uow.commit()
         return consent_view(consent)
@@ -309,6 +337,16 @@ def record_withdrawal(
         by_actor=by_actor,
         detail={"reason": reason} if reason else {},
     )
+
+
+def record_expiry(uow: UnitOfWork, consent: ConsentRow, now: datetime, *, detail: dict[str, Any]) -> None:
+    """Mark the consent expired — its end date has passed, or the service relationship it was bound to has ended —
+    and append the history event, made by the system at `now` (`detail` says why and from when). The caller
+    (broker/services/jobs.py) holds the person's row lock, has checked that the consent is still active, and
+    appends the audit entry."""
+    consent.status = "expired"
+    consent.version += 1
+    _add_event(uow, consent, "expire", now, by_kind="system", detail=detail)
 
 
 def _visible_consent(uow: UnitOfWork, caller: Caller, consent_id: str) -> ConsentRow:

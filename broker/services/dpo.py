@@ -43,6 +43,7 @@ from broker.adapters.orm import (
     OrganisationRow,
     PersonRow,
     RelationshipRow,
+    WithdrawalAttestationRow,
 )
 from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
@@ -561,10 +562,52 @@ def _relationships(uow: UnitOfWork, entries: Iterable[rules.LogFacts]) -> dict[t
     return found
 
 
+def _withdrawal_facts(uow: UnitOfWork, now: datetime) -> list[rules.WithdrawalFacts]:
+    """The withdrawals with an attestation unanswered past its due date as of `now` (the due-date index), each with
+    every attestation it asked for and its `consent:withdraw` entry — the withdrawal entries of those persons only,
+    whose bytes name the consent (`basis.consent_id`)."""
+    attestations = WithdrawalAttestationRow
+    unanswered = or_(attestations.answered_at.is_(None), attestations.answered_at > now)
+    overdue = select(attestations.consent_id).where(attestations.due_at <= now, unanswered).distinct()
+    asked: dict[str, list[rules.AttestationFacts]] = defaultdict(list)
+    persons: set[str] = set()
+    for row in uow.session.execute(
+        select(
+            attestations.consent_id,
+            attestations.organisation_id,
+            attestations.person_id,
+            attestations.due_at,
+            attestations.answered_at,
+        ).where(attestations.consent_id.in_(overdue))
+    ):
+        answered = utc(row.answered_at) if row.answered_at is not None else None
+        asked[row.consent_id].append(rules.AttestationFacts(row.organisation_id, utc(row.due_at), answered))
+        persons.add(row.person_id)
+    found: dict[str, rules.WithdrawalFacts] = {}
+    for chunk in _chunks(sorted(persons)):
+        for entry_id, logged_at, person_id, data in uow.session.execute(
+            select(AuditEntryRow.id, AuditEntryRow.logged_at, AuditEntryRow.person_id, AuditEntryRow.entry)
+            .where(AuditEntryRow.event == "consent:withdraw", AuditEntryRow.person_id.in_(chunk))
+            .order_by(AuditEntryRow.id)
+        ):
+            basis = _entry_json(data).get("basis")
+            consent_id = basis.get("consent_id") if isinstance(basis, Mapping) else None
+            if isinstance(consent_id, str) and consent_id in asked and consent_id not in found:
+                found[consent_id] = rules.WithdrawalFacts(
+                    entry_id=entry_id,
+                    logged_at=utc(logged_at),
+                    consent_id=consent_id,
+                    person_id=person_id,
+                    attestations=tuple(sorted(asked[consent_id], key=lambda a: a.organisation)),
+                )
+    return list(found.values())
+
+
 def find_anomalies(
     broker: Broker, *, days: int = QUEUE_DAYS, thresholds: rules.Thresholds = rules.DEFAULT_THRESHOLDS
 ) -> list[rules.Finding]:
-    """Every finding of every rule over the last `days` days (Finnish calendar days, today included)."""
+    """Every finding of every rule over the last `days` days (Finnish calendar days, today included), and every
+    withdrawal still unanswered past its due date, however long ago it was made (`rules.attestations_overdue`)."""
     if not 1 <= days <= MAX_QUEUE_DAYS:
         raise InvalidRequestError(f"days must be between 1 and {MAX_QUEUE_DAYS}", field="days")
     now = broker.clock.now()
@@ -573,7 +616,15 @@ def find_anomalies(
         entries = _log_facts(broker, uow, since, until)
         baselines = _baselines(uow, rules.volume_candidates(entries, thresholds), thresholds)
         relationships = _relationships(uow, entries)
-    return rules.evaluate(entries, now=now, baselines=baselines, relationships=relationships, thresholds=thresholds)
+        withdrawals = _withdrawal_facts(uow, now)
+    return rules.evaluate(
+        entries,
+        now=now,
+        baselines=baselines,
+        relationships=relationships,
+        thresholds=thresholds,
+        withdrawals=withdrawals,
+    )
 
 
 def _reviewed_keys(uow: UnitOfWork, findings: Sequence[rules.Finding]) -> set[tuple[int, str]]:
@@ -599,7 +650,7 @@ def anomaly_queue(
         reviewed = _reviewed_keys(uow, findings)
         waiting = [f for f in findings if f.key not in reviewed]
         shown = waiting[:limit]
-        names = _organisation_names(uow, (f.organisation for f in shown))
+        names = _organisation_names(uow, _finding_organisations(shown))
         indexes = _indexes(uow, [f.entry_id for f in shown])
         append_entry(
             uow,
@@ -627,9 +678,22 @@ def _indexes(uow: UnitOfWork, entry_ids: Sequence[int]) -> dict[int, int | None]
     return found
 
 
+def _finding_organisations(findings: Iterable[rules.Finding]) -> set[str | None]:
+    """The organisations a page of findings names: each finding's own, and the silent ones of an overdue
+    attestation."""
+    named: set[str | None] = set()
+    for finding in findings:
+        named.add(finding.organisation)
+        named.update(finding.detail.get("silent", ()))
+    return named
+
+
 def _finding_view(
     finding: rules.Finding, names: Mapping[str, str], indexes: Mapping[int, int | None]
 ) -> dict[str, Any]:
+    detail = dict(finding.detail)
+    if "silent" in detail:
+        detail["silent_names"] = [names.get(org, org) for org in detail["silent"]]
     return {
         "entry_id": finding.entry_id,
         "index": indexes.get(finding.entry_id),
@@ -638,7 +702,7 @@ def _finding_view(
         "organisation": finding.organisation,
         "organisation_name": names.get(finding.organisation or "", finding.organisation),
         "person_id": finding.person_id,
-        "detail": dict(finding.detail),
+        "detail": detail,
     }
 
 
@@ -665,7 +729,7 @@ def anomaly_item(
             raise NotFoundError("the rule does not flag this entry")
         row = _entry_row(uow, entry_id)
         index, _leaf_hash = _leaf(uow, entry_id)
-        names = _organisation_names(uow, [row.organisation])
+        names = _organisation_names(uow, {row.organisation} | _finding_organisations([finding] if finding else []))
         view = (
             _finding_view(finding, names, {entry_id: index})
             if finding is not None

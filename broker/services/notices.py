@@ -31,6 +31,7 @@ from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry, payload_digest
 from broker.services.disclosures import decision_view, load_facts
+from broker.services.events import emit
 from broker.services.persons import organisation_type
 from broker.services.sequencer import require_anchored
 from policies import Decision, DecisionRequest, decide
@@ -179,6 +180,7 @@ def send_notice(
             index,
             now,
         )
+        emit_notice_delivered(uow, notice_id, person_id, kind, caller.organisation_id, recipient, now)
         uow.commit()
     return {
         "notice_id": notice_id,
@@ -294,8 +296,25 @@ def notify_consent_withdrawn(
                 acked_at=None,
             )
         )
+        emit_notice_delivered(uow, notice_id, consent.person_id, CONSENT_WITHDRAWN, None, organisation, now)
         ids.append(notice_id)
     return ids
+
+
+def emit_notice_delivered(
+    uow: UnitOfWork, notice_id: str, person_id: str, kind: str, sender: str | None, recipient: str, now: datetime
+) -> None:
+    """The `notice.delivered` event to the organisation in whose inbox the notice has landed, in the transaction
+    that puts it there (issue #8). It names the notice, never its content: the recipient reads the inbox, where
+    the notice is opened for it."""
+    emit(
+        uow,
+        type="notice.delivered",
+        organisations=[recipient],
+        person_id=person_id,
+        data={"notice_id": notice_id, "kind": kind, "sender": sender},
+        now=now,
+    )
 
 
 def read_inbox(

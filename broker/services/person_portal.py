@@ -43,9 +43,11 @@ from broker.domain.clock import utc
 from broker.domain.errors import ConflictError, ConsentNotActiveError, InvalidRequestError, NotFoundError
 from broker.domain.model import PortalUser
 from broker.services import Broker
+from broker.services.attestations import announce_withdrawal, answers_by_consent, organisations_of
 from broker.services.audit_log import append_entry
 from broker.services.consent_texts import LANGUAGES, render_consent_text
-from broker.services.consents import ConsentTerms, create_consent, record_withdrawal
+from broker.services.consents import ConsentTerms, create_consent, emit_consent_granted, record_withdrawal
+from broker.services.events import emit
 from broker.services.notices import notify_consent_withdrawn
 from broker.services.persons import (
     MANDATES,
@@ -306,10 +308,13 @@ def _consents(
         stmt = stmt.where(ConsentRow.id == consent_id)
     rows = uow.session.scalars(stmt.order_by(ConsentRow.created_at.desc(), ConsentRow.id)).all()
     histories = _histories(uow, [row.id for row in rows])
+    # What each organisation asked after a withdrawal answered (docs/withdrawal.md); only withdrawn consents have any.
+    answers = answers_by_consent(uow, [row.id for row in rows if row.status == "withdrawn"], now)
     orgs = _organisations(
         uow,
         {org for row in rows for org in (row.requester_org, row.bound_to_org, *row.recipients)}
-        | {e.by_org for events in histories.values() for e in events if e.by_org},
+        | {e.by_org for events in histories.values() for e in events if e.by_org}
+        | organisations_of(answers.values()),
     )
     names = _person_names(uow, (row.representative_id for row in rows))
     serving = active_relationship_orgs(uow, subject) if any(row.bound_to_org for row in rows) else frozenset()
@@ -318,9 +323,10 @@ def _consents(
     views = []
     for row in rows:
         status = _consent_status(row, now)
-        # Active and usable now, as the policy sees it: a consent bound to a service relationship rests while that
-        # relationship has ended, and a representative's consent counts only while the mandate covers the person
-        # (a custodian's ends when the minor comes of age).
+        # Active and usable now, as the policy sees it: a consent bound to a service relationship is usable only
+        # while that relationship lasts (ending the relationship also expires it; one given before the
+        # relationship began waits for it), and a representative's consent counts only while the mandate covers
+        # the person (a custodian's ends when the minor comes of age).
         in_effect = (
             status == "active"
             and (row.bound_to_org is None or row.bound_to_org in serving)
@@ -358,6 +364,10 @@ def _consents(
                 "created_at": utc(row.created_at),
                 "withdrawn_at": utc(row.withdrawn_at) if row.withdrawn_at else None,
                 "history": _history_view(histories[row.id], orgs),
+                "attestations": sorted(
+                    ({**answer, "organisation": orgs[answer["organisation"]]} for answer in answers.get(row.id, ())),
+                    key=lambda a: (str(a["organisation"]["name"]), a["organisation"]["id"]),
+                ),
             }
         )
     return views
@@ -448,10 +458,11 @@ def _consent_explanations(
 
 
 def _check_answerable(row: ConsentRequestRow, now: datetime) -> None:
+    # Past its deadline the answer is the same whether or not the expiry job (broker/services/jobs.py) has run.
+    if _request_status(row, now) == "expired":
+        raise ConflictError("the request has expired", extra={"code": "request_expired"})
     if row.status != "pending":
         raise ConflictError(f"the request has been answered ({row.status})", extra={"code": "request_not_pending"})
-    if now >= utc(row.expires_at):
-        raise ConflictError("the request has expired", extra={"code": "request_expired"})
 
 
 def _narrowed(
@@ -583,6 +594,9 @@ def grant_request(
             basis={"kind": "consent", "consent_id": consent.id, "consent_version": consent.version},
             detail=_detail(subject, mandate, method="portal", consent_request_id=row.id),
         )
+        # Every organisation named in it hears of it, the requester also of the answer to its request (issue #8).
+        emit_consent_granted(uow, consent, now, acting_org=None)
+        _emit_answered(uow, row, "granted", now)
         view = _consents(broker, uow, subject, now, consent_id=consent.id)[0]
         uow.commit()
     return view
@@ -605,9 +619,22 @@ def refuse_request(broker: Broker, user: PortalUser, request_id: str) -> dict[st
             person_id=subject,
             detail=_detail(subject, mandate, method="portal", consent_request_id=row.id),
         )
+        _emit_answered(uow, row, "refused", now)
         view = _request_view(broker, row, _organisations(uow, _request_orgs([row])), now)
         uow.commit()
     return view
+
+
+def _emit_answered(uow: UnitOfWork, row: ConsentRequestRow, answer: str, now: datetime) -> None:
+    """The `consent_request.answered` event to the organisation that asked, in the answer's own transaction."""
+    emit(
+        uow,
+        type="consent_request.answered",
+        organisations=[row.requester_org],
+        person_id=row.person_id,
+        data={"consent_request_id": row.id, "answer": answer, "consent_id": row.consent_id},
+        now=now,
+    )
 
 
 def list_consents(broker: Broker, user: PortalUser) -> list[dict[str, Any]]:
@@ -656,7 +683,12 @@ def withdrawal_consequences(broker: Broker, user: PortalUser, consent_id: str) -
         for f in flows
         if categories & set(f["categories"]) or types & set(f["recipients"])
     ]
-    return {"told": [orgs[o] for o in told], "continuing": continuing}
+    return {
+        "told": [orgs[o] for o in told],
+        "continuing": continuing,
+        # Those that received data under the consent must answer within this many days (docs/withdrawal.md).
+        "attestation_due_days": broker.settings.attestation_due_days,
+    }
 
 
 def withdraw_consent(broker: Broker, user: PortalUser, consent_id: str) -> dict[str, Any]:
@@ -682,6 +714,9 @@ def withdraw_consent(broker: Broker, user: PortalUser, consent_id: str) -> dict[
         )
         told = _told(row)
         notice_ids = notify_consent_withdrawn(broker, uow, row, told, now)
+        # `consent.withdrawn` to each of them, and each organisation that received data under the consent is asked
+        # what it did with it (docs/withdrawal.md).
+        asked = announce_withdrawal(broker, uow, row, now, acting_org=None)
         append_entry(
             uow,
             event="consent:withdraw",
@@ -689,7 +724,9 @@ def withdraw_consent(broker: Broker, user: PortalUser, consent_id: str) -> dict[
             actor=_actor(user, mandate),
             person_id=subject,
             basis={"kind": "consent", "consent_id": row.id, "consent_version": row.version},
-            detail=_detail(subject, mandate, method="portal", told=told, notice_ids=notice_ids),
+            detail=_detail(
+                subject, mandate, method="portal", told=told, notice_ids=notice_ids, attestations_asked=asked
+            ),
         )
         view = _consents(broker, uow, subject, now, consent_id=row.id)[0]
         uow.commit()

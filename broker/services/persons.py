@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from broker.adapters.database import Prepared
 from broker.adapters.envelope import hetu_index, seal_hetu
-from broker.adapters.orm import OrganisationRow, PersonRow, RelationshipRow, RepresentationRow
+from broker.adapters.orm import ConsentRow, OrganisationRow, PersonRow, RelationshipRow, RepresentationRow
 from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
 from broker.domain.errors import ConflictError, InvalidRequestError, UnknownPersonError
@@ -18,6 +18,7 @@ from broker.domain.hetu import birth_date, normalise_hetu
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import append_entry
+from broker.services.events import emit
 
 # Who may act for a person (flows.md, "Consent, as the law shapes it"; docs/portal.md, "Representation"): a custodian
 # for a minor; for an adult a guardian whose court order covers personal matters, or an attorney under a continuing
@@ -325,8 +326,49 @@ def end_relationship(broker: Broker, caller: Caller, person_id: str) -> dict[str
             person_id=person_id,
             detail={"relationship_id": row.id},
         )
+        bound = _emit_relationship_ended(uow, row, caller.organisation_id, now)
+        if bound:
+            # The consents bound to this relationship end with it (flows.md, "Consent, as the law shapes it"), now
+            # and for good: a consent "as long as X serves me" does not come back if X serves the person again.
+            # Imported here: the jobs module builds on this one.
+            from broker.services.jobs import expire_consents
+
+            expire_consents(broker, uow, bound, [person_id], now)
         uow.commit()
         return _relationship_view(row, created=False)
+
+
+def _emit_relationship_ended(uow: UnitOfWork, row: RelationshipRow, acting_org: str, now: datetime) -> list[str]:
+    """The `relationship.ended` event, in the transaction that ends the relationship, to the other organisations
+    named in the person's consents bound to it: such a consent ends with the relationship (the policy no longer
+    permits on it, policies/engine.py `consent_relationship_ended`, and `end_relationship` marks it expired). Each
+    organisation is told of the consents that name it; none bound, no event. Returns the ids of the consents that
+    end with the relationship."""
+    bound = uow.session.execute(
+        select(ConsentRow.id, ConsentRow.requester_org, ConsentRow.recipients, ConsentRow.valid_until).where(
+            ConsentRow.person_id == row.person_id,
+            ConsentRow.bound_to_org == row.organisation_id,
+            ConsentRow.status == "active",
+        )
+    ).all()
+    ended: dict[str, list[str]] = {}
+    ending: list[str] = []
+    for consent_id, requester, recipients, valid_until in sorted(bound, key=lambda c: c.id):
+        if valid_until is not None and utc(valid_until) <= now:
+            continue  # already over by its end date: not this relationship's doing
+        ending.append(consent_id)
+        for org in {requester, *recipients} - {acting_org}:
+            ended.setdefault(org, []).append(consent_id)
+    emit(
+        uow,
+        type="relationship.ended",
+        organisations=ended,
+        person_id=row.person_id,
+        data={"relationship_id": row.id, "organisation": row.organisation_id, "ended_at": now},
+        now=now,
+        per_organisation={org: {"consents_ended": ids} for org, ids in ended.items()},
+    )
+    return ending
 
 
 def _active_relationship(uow: UnitOfWork, person_id: str, organisation_id: str) -> RelationshipRow | None:

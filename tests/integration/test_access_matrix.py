@@ -21,8 +21,8 @@ by name: adding an endpoint without deciding here who may call it, on what, fail
 
 — and the callers whose credentials must fail, on every operation, whatever the object:
 
-- *dpo* — the DPO's system (scope `audit:read` only): 403 on every partner operation, the right caller of the audit
-  log's.
+- *dpo* — the DPO's system (scope `audit:read` only): 403 on every partner operation but the FHIR AuditEvent
+  search, which it reads in full; the right caller of the audit log's.
 - *anonymous* — no `Authorization` at all.
 - *expired* — the right partner's token after the clock has moved past its lifetime (`access_token_ttl`).
 - *revoked* — the right partner's token after the partner revoked it (`POST /oauth/revoke`, RFC 7009).
@@ -126,6 +126,8 @@ class World:
     representative_hetu: str
     tree_size: int
     portal_token: str
+    webhook: str  # Kisälli's webhook endpoint
+    other_webhook: str  # the health centre's
 
     @property
     def policy(self) -> Policy:
@@ -139,6 +141,29 @@ class World:
     def fresh_consent(self) -> str:
         """A consent of a fresh person whom Kisälli serves, recorded by the health centre and naming Kisälli."""
         return record_consent(self.env, "varha-health", self.fresh_person("kisalli", "varha-health"), ["kisalli"])
+
+    def fresh_withdrawal(self) -> str:
+        """A fresh consent under which Kisälli received the health-check summary (F8), then withdrawn at the health
+        centre: Kisälli is asked to attest what it did with the data (docs/withdrawal.md)."""
+        person_id = self.fresh_person("kisalli", "varha-health")
+        deposit = {"person_id": person_id, "category": CATEGORY, "content": EXAMPLES[CATEGORY]}
+        assert self.env.post("varha-health", "/records", deposit).status_code == 201
+        consent_id = record_consent(self.env, "varha-health", person_id, ["kisalli"])
+        ask = {"person_id": person_id, "category": CATEGORY, "purpose": PURPOSE}
+        assert self.env.post("kisalli", "/disclosures", ask).status_code == 200
+        withdrawn = self.env.post("varha-health", f"/consents/{consent_id}/withdraw", {"reason": "asked"})
+        assert withdrawn.status_code == 200, withdrawn.get_json()
+        return consent_id
+
+
+def register_webhook(env: Env, org: str) -> str:
+    """A webhook endpoint of `org` at a loopback port where nothing listens: a test call to it is answered 200 with
+    `delivered: false` (docs/webhooks.md)."""
+    body = {"url": f"http://127.0.0.1:9/events/{secrets.token_hex(8)}", "events": ["consent.withdrawn"]}
+    response = env.post(org, "/webhooks", body)
+    assert response.status_code == 201, response.get_json()
+    webhook_id: str = response.get_json()["webhook_id"]
+    return webhook_id
 
 
 def record_consent(env: Env, org: str, person_id: str, recipients: list[str], category: str = CATEGORY) -> str:
@@ -262,6 +287,8 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             representative_hetu=new_hetu(),
             tree_size=head.size,
             portal_token=portal_access_token(env),
+            webhook=register_webhook(env, "kisalli"),
+            other_webhook=register_webhook(env, "varha-health"),
         )
 
 
@@ -312,6 +339,31 @@ def check_consents(world: World, org: str, body: Any) -> None:
         assert org == consent["requester"] or org in consent["recipients"], f"{org} was shown {consent['consent_id']}"
 
 
+def _fhir_orgs(references: Any) -> set[str]:
+    return {ref["identifier"]["value"] for ref in references if ref.get("type") == "Organization"}
+
+
+def check_fhir_consents(world: World, org: str, body: Any) -> None:
+    """A FHIR Consent names its requester as `organization` and its recipients as the provision's actors."""
+    for entry in body.get("entry", []):
+        consent = entry["resource"]
+        named = _fhir_orgs(consent["organization"]) | _fhir_orgs(a["reference"] for a in consent["provision"]["actor"])
+        assert org in named, f"{org} was shown {consent['id']}"
+
+
+def check_fhir_audit_events(world: World, org: str, body: Any) -> None:
+    """A partner sees the disclosures made to its organisation or by its own system; the DPO's system all."""
+    if org == DPO_PARTNER:
+        return
+    for entry in body.get("entry", []):
+        event = entry["resource"]
+        recipients = _fhir_orgs(a["who"] for a in event["agent"] if a["type"]["coding"][0]["code"] == "110152")
+        systems = {
+            a["who"]["identifier"]["value"] for a in event["agent"] if a["type"]["coding"][0]["code"] == "110150"
+        }
+        assert org in recipients | systems, f"{org} was shown {event['id']}"
+
+
 # --- the matrix ----------------------------------------------------------------------------------------------------
 
 # (world, object kind, whether the request is expected to change its object) → the request
@@ -331,6 +383,9 @@ class Operation:
     expect: Mapping[str, Mapping[str, int]]
     audit: bool = False  # an operation of the audit log (scope audit:read): the right caller is the DPO's system
     check: Check | None = None  # what a 2xx answer must also satisfy
+    # The DPO's statuses by object kind, for a partner operation that DPO systems may call too (its part of the
+    # answer differs); None: 403, as on every other partner operation.
+    dpo: Mapping[str, int] | None = None
 
     @property
     def objects(self) -> tuple[str, ...]:
@@ -340,6 +395,8 @@ class Operation:
         if caller in UNAUTHENTICATED:
             return 401
         if caller == DPO:
+            if self.dpo is not None:
+                return self.dpo[kind]
             return self.expect[RIGHT][kind] if self.audit else 403
         return self.expect[caller][kind]
 
@@ -375,6 +432,31 @@ def _withdrawable(world: World, kind: str, fresh: bool) -> str:
 
 def _consent(world: World, kind: str) -> str:
     return {OWN: world.consent, OTHER: world.other_consent, MISSING: MISSING_CONSENT}[kind]
+
+
+def _attestable(world: World, kind: str, fresh: bool) -> str:
+    """Attesting answers the question once: a fresh withdrawal when the attestation is expected to succeed."""
+    return world.fresh_withdrawal() if kind == OWN and fresh else _consent(world, kind)
+
+
+def check_attestations(world: World, org: str, body: Any) -> None:
+    for attestation in body if isinstance(body, list) else [body]:
+        assert attestation["organisation"] == org, f"{org} was shown {attestation['attestation_id']}"
+
+
+def _webhook(world: World, kind: str, fresh: bool = False) -> str:
+    """Disabling changes the endpoint: a fresh one when the request is expected to succeed."""
+    if kind == OWN and fresh:
+        return register_webhook(world.env, "kisalli")
+    return {OWN: world.webhook, OTHER: world.other_webhook, MISSING: "whk_" + "0" * 32}[kind]
+
+
+def check_organisation(world: World, org: str, body: Any) -> None:
+    """Endpoints, deliveries and events each name the organisation they belong to: the caller's own."""
+    if isinstance(body, dict) and "webhook_id" not in body:  # a page of deliveries or of events
+        body = body["deliveries"] if "deliveries" in body else body["events"]
+    for item in body if isinstance(body, list) else [body]:
+        assert item["organisation"] == org, f"{org} was shown {item}"
 
 
 def _notice(world: World, kind: str) -> str:
@@ -447,9 +529,43 @@ MATRIX: dict[tuple[str, str], Operation] = {
         expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
         check=check_consents,
     ),
+    # Only an organisation that received data under a withdrawn consent answers for it; for the others the consent
+    # is not theirs to see (404 `unknown_consent`), or they were not asked (404 `unknown_attestation`).
+    ("POST", f"{V1}/consents/{{consent_id}}/attestation"): Operation(
+        build=lambda w, kind, fresh: Call(
+            "POST", f"{V1}/consents/{_attestable(w, kind, fresh)}/attestation", {"outcome": "deleted"}
+        ),
+        expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
+        check=check_attestations,
+    ),
+    # Each organisation lists the attestations asked of it, and only those.
+    ("GET", f"{V1}/attestations"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/attestations?status=all"),
+        expect={caller: every(200, OWN) for caller in (RIGHT, NO_BASIS, OTHER_TYPE)},
+        check=check_attestations,
+    ),
     ("GET", f"{V1}/consents/{{consent_id}}/receipt"): Operation(
         build=lambda w, kind, fresh: Call("GET", f"{V1}/consents/{_consent(w, kind)}/receipt"),
         expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
+    ),
+    # The consent as an ISO/IEC TS 27560 record: like the receipt, only for the organisations named in it.
+    ("GET", f"{V1}/consents/{{consent_id}}/record"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/consents/{_consent(w, kind)}/record"),
+        expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
+    ),
+    # FHIR: the consents a partner may list, as Consent resources; an unknown person is 404.
+    ("GET", f"{V1}/fhir/Consent"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/fhir/Consent?patient={_persons(w, kind)}"),
+        expect={caller: every(200, OWN, OTHER) | every(404, MISSING) for caller in (RIGHT, NO_BASIS, OTHER_TYPE)},
+        check=check_fhir_consents,
+    ),
+    # FHIR AuditEvents of any known person: a partner (scope disclosures) gets the disclosures made to it or by it,
+    # the DPO's system (scope audit:read) every one.
+    ("GET", f"{V1}/fhir/AuditEvent"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/fhir/AuditEvent?patient={_persons(w, kind)}"),
+        expect={caller: every(200, OWN, OTHER) | every(404, MISSING) for caller in (RIGHT, NO_BASIS, OTHER_TYPE)},
+        dpo=every(200, OWN, OTHER) | every(404, MISSING),
+        check=check_fhir_audit_events,
     ),
     # Any partner deposits its own records about a known person; what leaves again is decided per disclosure.
     ("POST", f"{V1}/records"): Operation(
@@ -505,6 +621,45 @@ MATRIX: dict[tuple[str, str], Operation] = {
         expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
         check=check_notices,
     ),
+    # Any partner registers webhook endpoints for its own organisation, and sees and manages only its own: another
+    # organisation's endpoint is 404, never 403. The events and their delivery status are the organisation's own too.
+    ("POST", f"{V1}/webhooks"): Operation(
+        build=lambda w, kind, fresh: Call(
+            "POST",
+            f"{V1}/webhooks",
+            {"url": f"https://partner.example/events/{secrets.token_hex(8)}", "events": ["consent.granted"]},
+        ),
+        expect={caller: every(201, OWN) for caller in (RIGHT, NO_BASIS, OTHER_TYPE)},
+        check=check_organisation,
+    ),
+    ("GET", f"{V1}/webhooks"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/webhooks"),
+        expect={caller: every(200, OWN) for caller in (RIGHT, NO_BASIS, OTHER_TYPE)},
+        check=check_organisation,
+    ),
+    ("GET", f"{V1}/webhooks/{{webhook_id}}"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/webhooks/{_webhook(w, kind)}"),
+        expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
+        check=check_organisation,
+    ),
+    ("DELETE", f"{V1}/webhooks/{{webhook_id}}"): Operation(
+        build=lambda w, kind, fresh: Call("DELETE", f"{V1}/webhooks/{_webhook(w, kind, fresh)}"),
+        expect={RIGHT: {OWN: 204, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
+    ),
+    ("POST", f"{V1}/webhooks/{{webhook_id}}/test"): Operation(
+        build=lambda w, kind, fresh: Call("POST", f"{V1}/webhooks/{_webhook(w, kind)}/test"),
+        expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
+    ),
+    ("GET", f"{V1}/webhooks/{{webhook_id}}/deliveries"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/webhooks/{_webhook(w, kind)}/deliveries"),
+        expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
+        check=check_organisation,
+    ),
+    ("GET", f"{V1}/events"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/events?tokens=true"),
+        expect={caller: every(200, OWN) for caller in (RIGHT, NO_BASIS, OTHER_TYPE)},
+        check=check_organisation,
+    ),
     # The audit log is the DPO's (scope audit:read); partners' case systems, even of the DPO's own organisation,
     # never read it. The DPO sees every person's entries; positions beyond the log are 400 or 404.
     ("GET", f"{V1}/audit/checkpoint"): Operation(
@@ -538,6 +693,17 @@ MATRIX: dict[tuple[str, str], Operation] = {
     ("GET", f"{V1}/audit/entries"): Operation(
         build=lambda w, kind, fresh: Call("GET", f"{V1}/audit/entries?person_id={_persons(w, kind)}"),
         expect={RIGHT: every(200), NO_BASIS: every(403), OTHER_TYPE: every(403)},
+        audit=True,
+    ),
+    # Every organisation's webhook endpoints and given-up deliveries, for the DPO's systems only.
+    ("GET", f"{V1}/audit/webhooks"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/audit/webhooks"),
+        expect={RIGHT: every(200, OWN), NO_BASIS: every(403, OWN), OTHER_TYPE: every(403, OWN)},
+        audit=True,
+    ),
+    ("GET", f"{V1}/audit/webhook-deliveries"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/audit/webhook-deliveries?status=pending"),
+        expect={RIGHT: every(200, OWN), NO_BASIS: every(403, OWN), OTHER_TYPE: every(403, OWN)},
         audit=True,
     ),
     ("GET", f"{V1}/audit/entries/{{index}}"): Operation(
@@ -649,11 +815,14 @@ def undocumented(document: dict[str, Any], schema: dict[str, Any], value: Any, w
     return found
 
 
-def documented_schema(world: World, operation: tuple[str, str], status: int) -> dict[str, Any]:
+def documented_schema(
+    world: World, operation: tuple[str, str], status: int, media_type: str = "application/json"
+) -> dict[str, Any]:
     method, path = operation
     response = world.document["paths"][path][method.lower()]["responses"].get(str(status))
     assert response is not None, f"{method} {path} answered {status}, which its documentation does not list"
-    schema: dict[str, Any] = response["content"]["application/json"]["schema"]
+    assert media_type in response["content"], f"{method} {path} answered {media_type}, which it does not document"
+    schema: dict[str, Any] = response["content"][media_type]["schema"]
     return schema
 
 
@@ -691,8 +860,12 @@ def test_access(world: World, operation: tuple[str, str], caller: str, kind: str
     if got >= 400:
         assert response.mimetype == "application/problem+json", what
         return
-    assert response.mimetype == "application/json", what
-    extra = undocumented(world.document, documented_schema(world, operation, got), body)
+    if got == 204:  # No Content (RFC 9110 §15.3.5): nothing to check but that nothing came
+        assert response.get_data() == b"", what
+        return
+    # JSON, or for the FHIR operations FHIR's JSON (R4 http.html#mime-type).
+    assert response.mimetype in ("application/json", "application/fhir+json"), what
+    extra = undocumented(world.document, documented_schema(world, operation, got, response.mimetype), body)
     assert not extra, f"undocumented fields {extra}: {what}"
     if entry.check is not None:
         orgs = AUDIT_CALLERS if entry.audit else PARTNER_CALLERS

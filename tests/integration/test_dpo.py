@@ -778,6 +778,17 @@ def unusual(env: Env) -> Unusual:
     token = staff_token(env, "varha-social-work", "sw-night")
     answer = ask(env, token, person, "attendance_report", "follow_up")
     found["out_of_hours"] = int(answer.get_json()["audit_entry_id"])
+    # A withdrawal more than 14 days ago that the health centre, which received data under the consent, has not
+    # answered (docs/withdrawal.md): the item is the withdrawal's entry.
+    move_to(env, local(recent(2, at_least_days_ago=16, now=now), 10))
+    withdrawn = env.person()
+    env.serve(withdrawn, "kisalli", "varha-health")
+    deposit(env, "kisalli", withdrawn, "work_assessment")
+    consent_id = consent_to_health(env, withdrawn)
+    token = staff_token(env, "varha-health", "hc-attest")
+    assert ask(env, token, withdrawn, "work_assessment", "work_capacity_assessment").status_code == 200
+    assert env.post("kisalli", f"/consents/{consent_id}/withdraw", {}).status_code == 200
+    found["attestation_overdue"] = last_entry(env, "consent:withdraw").id
     back_to_now(env)
     return Unusual(person, found)
 
@@ -790,8 +801,10 @@ def test_the_queue_lists_one_item_per_rule_oldest_first(env: Env, unusual: Unusu
     assert queue["total"] == len(rules.RULES) and all(count == 1 for count in queue["counts"].values())
     times = [item["logged_at"] for item in queue["items"]]
     assert times == sorted(times)
-    # A week's queue does not reach back to the work of more than a week ago.
-    assert dpo.anomaly_queue(env.broker, OFFICER, days=1)["total"] == 0
+    # A day's queue does not reach back to the work of earlier days; an unanswered withdrawal stays until answered.
+    assert [item["rule"] for item in dpo.anomaly_queue(env.broker, OFFICER, days=1)["items"]] == [
+        rules.ATTESTATION_OVERDUE
+    ]
     assert entries(env, "audit:query")[-1]["detail"]["filters"] == {"anomalies": "open", "days": 1}
 
 

@@ -523,6 +523,11 @@ def test_stored_responses_are_rewrapped_when_keys_rotate(env: Env) -> None:
 # -- the contract -----------------------------------------------------------------------------------------------------
 
 
+# POSTs that change nothing in the broker, so that a retry is harmless as it is, and that take no Idempotency-Key: the
+# webhook test call, which must not hold a transaction open across its request to the receiver (docs/webhooks.md).
+CHANGES_NOTHING = {"/api/v1/webhooks/{webhook_id}/test"}
+
+
 def test_the_openapi_document_declares_the_header_and_its_answers_on_every_write(env: Env) -> None:
     document = env.client.get("/api/v1/openapi.json").get_json()
     writes = 0
@@ -533,11 +538,11 @@ def test_the_openapi_document_declares_the_header_and_its_answers_on_every_write
             if method == "parameters":
                 continue
             declared = [p for p in operation.get("parameters", []) if p.get("name") == HEADER]
-            if method != "post":
+            if method != "post" or path in CHANGES_NOTHING:
                 assert declared == [], f"{method} {path}"
                 continue
             writes += 1
             assert len(declared) == 1 and declared[0]["in"] == "header" and not declared[0]["required"], path
             for status in ("409", "422"):
                 assert "application/problem+json" in operation["responses"][status]["content"], (path, status)
-    assert writes == 12
+    assert writes == 14

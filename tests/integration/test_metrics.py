@@ -82,4 +82,3 @@ def test_exposition_escapes_label_values_and_writes_each_family_once() -> None:
         ]
     )
     assert text == '# HELP x_total help\n# TYPE x_total gauge\nx_total{a="q\\"\\\\\\n"} 1\nx_total{a="b"} 2.5\n'
-

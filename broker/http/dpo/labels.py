@@ -16,7 +16,9 @@ EVENTS = {
     "consent:grant": _l("Consent given"),
     "consent:withdraw": _l("Consent withdrawn"),
     "consent:refuse": _l("Consent request refused"),
+    "consent:request_expire": _l("Consent request expired without an answer"),
     "consent:expire": _l("Consent expired"),
+    "consent:attest": _l("Recipient answered for a withdrawn consent"),
     "record:deposit": _l("Record deposited"),
     "record:erase": _l("Record content erased at the end of its retention"),
     "notice:send": _l("Notice sent"),
@@ -27,6 +29,8 @@ EVENTS = {
     "relationship:end": _l("Service relationship ended"),
     "person:resolve": _l("Person looked up"),
     "representation:register": _l("Representative registered"),
+    "webhook:register": _l("Webhook endpoint registered"),
+    "webhook:disable": _l("Webhook endpoint disabled"),
     "dpo:review": _l("Reviewed by the data-protection officer"),
     "dpo:open_commitment": _l("Professional identified by the data-protection officer"),
     "dpo:report": _l("Log report made by the data-protection officer"),
@@ -51,6 +55,7 @@ RULES = {
     "repeated_denials": _l("Repeated refusals"),
     "enumeration": _l("Many persons without a basis"),
     "statutory_exception": _l("Statutory exception used"),
+    "attestation_overdue": _l("Withdrawal not answered"),
 }
 
 RULE_DESCRIPTIONS = {
@@ -73,6 +78,11 @@ RULE_DESCRIPTIONS = {
     "statutory_exception": _l(
         "Records were disclosed without consent on a statutory exception; the law requires each such disclosure "
         "to be reviewed."
+    ),
+    "attestation_overdue": _l(
+        "A consent was withdrawn, and an organisation that had received data under it has not said within 14 days "
+        "whether it deleted the data or keeps it under a statute (GDPR Art. 17 and 19). The item stays until it "
+        "answers or is reviewed, however old the withdrawal."
     ),
 }
 

@@ -47,7 +47,7 @@ from broker.http.errors import database_unavailable_response
 from broker.http.portal.i18n import LANGUAGES, NAMES, current_language, show_date, show_datetime
 from broker.http.portal.labels import label
 from broker.http.portal.security import content_security_policy, csrf_token, csrf_valid
-from broker.services import Broker, dpo, processing_register
+from broker.services import Broker, dpo, processing_register, webhooks
 from broker.services import anomalies as rules
 from broker.services.anomalies import day_start
 
@@ -104,6 +104,7 @@ def dpo_blueprint(static_folder: str) -> Blueprint:
         ("/integrity", "integrity", integrity, ["GET"]),
         ("/integrity/verify", "verify", verify, ["POST"]),
         ("/activity", "activity", activity, ["GET"]),
+        ("/deliveries", "deliveries", deliveries, ["GET"]),
     ]
     for rule, endpoint, view, methods in rules_:
         bp.add_url_rule(rule, endpoint, view, methods=methods)
@@ -613,3 +614,24 @@ def activity() -> Any:
     )
     totals = {"permits": sum(d["permits"] for d in days), "denials": sum(d["denials"] for d in days)}
     return page("activity.html", activity=found, day_chart=day_chart, org_chart=org_chart, totals=totals)
+
+
+# --- Event deliveries to partner systems ---
+
+
+def deliveries() -> Any:
+    """Each organisation's webhook endpoints with their delivery counts, and the newest deliveries given up
+    (docs/webhooks.md). Event ids and types only, no person: nothing here is logged as a read of the log."""
+    if request.args:
+        raise BadRequest("unknown query parameter")
+    broker = _broker()
+    overview = webhooks.delivery_overview(broker)
+    failed = webhooks.all_deliveries(broker, status="failed", limit=PER_PAGE)
+    names = {org["organisation"]: org["name"] for org in overview}
+    return page(
+        "deliveries.html",
+        overview=overview,
+        failed=failed,
+        names=names,
+        endpoint_disabled=webhooks.ENDPOINT_DISABLED,
+    )

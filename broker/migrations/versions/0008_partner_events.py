@@ -22,6 +22,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_consent_requests_status_expires', ['status', 'expires_at'], unique=False)
     with op.batch_alter_table('consents', schema=None) as batch_op:
         batch_op.create_index('ix_consents_status_valid_until', ['status', 'valid_until'], unique=False)
+        batch_op.create_index('ix_consents_bound_to_org', ['bound_to_org', 'status'], unique=False)
     op.create_table('outbox_events',
     sa.Column('seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('id', sa.String(length=40), nullable=False),
@@ -127,6 +128,7 @@ def downgrade() -> None:
 
     op.drop_table('outbox_events')
     with op.batch_alter_table('consents', schema=None) as batch_op:
+        batch_op.drop_index('ix_consents_bound_to_org')
         batch_op.drop_index('ix_consents_status_valid_until')
     with op.batch_alter_table('consent_requests', schema=None) as batch_op:
         batch_op.drop_index('ix_consent_requests_status_expires')
