@@ -403,6 +403,46 @@ def test_every_page_switches_between_finnish_swedish_and_english(
     assert not problems, "\n".join(problems)
 
 
+@pytest.fixture(scope="module")
+def answered_withdrawal(served: Served) -> str:
+    """Leena's consent under which Kisälli and Ohjaamo both received her service-need assessment, withdrawn: Kisälli
+    has answered that it keeps the data under the Act on the Organisation of Employment Services, Ohjaamo has not
+    answered yet (docs/withdrawal.md). Returns the consent's id."""
+    person_id = person(served, "leena")["person_id"]
+    recipients = ["kisalli", "ohjaamo-turku"]
+    sessions = {org: partner_session(served, org) for org in sorted({SOURCE, *recipients})}
+    for session in sessions.values():
+        assert session.post(f"{api(served)}/persons/{person_id}/relationships").status_code == 200
+    deposited = sessions[SOURCE].post(
+        f"{api(served)}/records", json={"person_id": person_id, "category": CATEGORY, "content": EXAMPLES[CATEGORY]}
+    )
+    assert deposited.status_code == 201, deposited.text
+    recorded = sessions["kisalli"].post(
+        f"{api(served)}/consents",
+        json={
+            "person_id": person_id,
+            "recipients": recipients,
+            "categories": [CATEGORY],
+            "purposes": [PURPOSE],
+            "method": "in_person",
+            "witness": "Pekka Salo",
+        },
+    )
+    assert recorded.status_code == 201, recorded.text
+    consent_id = str(recorded.json()["consent_id"])
+    for org in recipients:
+        disclosed = ask_for_records(served, sessions[org], "leena")
+        assert disclosed.status_code == 200, disclosed.text
+        assert disclosed.json()["basis"]["consent_id"] == consent_id
+    withdrawn = sessions["kisalli"].post(f"{api(served)}/consents/{consent_id}/withdraw", json={})
+    assert withdrawn.status_code == 200, withdrawn.text
+    answered = sessions["kisalli"].post(
+        f"{api(served)}/consents/{consent_id}/attestation", json={"outcome": "retained", "statute": "380/2023"}
+    )
+    assert answered.status_code == 200, answered.text
+    return consent_id
+
+
 def _violations(portal: Portal, where: str) -> list[str]:
     results = Axe().run(portal.page)
     return [
@@ -414,7 +454,12 @@ def _violations(portal: Portal, where: str) -> list[str]:
 
 @pytest.mark.parametrize("lang", LANGUAGES)
 def test_axe_finds_no_violations_on_any_page(
-    served: Served, browser: Browser, mikko: MikkosObjects, custodian: dict[str, str], lang: str
+    served: Served,
+    browser: Browser,
+    mikko: MikkosObjects,
+    custodian: dict[str, str],
+    answered_withdrawal: str,
+    lang: str,
 ) -> None:
     found: list[str] = []
     visitor = browser.new_context(viewport={"width": 1280, "height": 900}, locale=lang)
@@ -448,6 +493,18 @@ def test_axe_finds_no_violations_on_any_page(
         found += _violations(portal, f"[{lang}] overview, acting for a minor")
     finally:
         representative.close()
+
+    # A withdrawn consent with the recipients' answers: one kept the data under a statute, one has not answered.
+    withdrawer = browser.new_context(viewport={"width": 1280, "height": 900}, locale=lang)
+    try:
+        portal = Portal(withdrawer.new_page(), served.base_url)
+        portal.login("leena")
+        portal.open(f"/portal/consents/{answered_withdrawal}")
+        expect(portal.page.locator("main")).to_contain_text("380/2023")
+        expect(portal.page.locator("main")).to_contain_text(ORG_NAMES["ohjaamo-turku"])
+        found += _violations(portal, f"[{lang}] withdrawn consent with the recipients' answers")
+    finally:
+        withdrawer.close()
     assert not found, f"{len(found)} axe-core violations:\n" + "\n".join(found)
 
 
