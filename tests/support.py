@@ -26,6 +26,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey
 from werkzeug.test import TestResponse
 
+from broker.adapters.orm import WebhookEndpointRow
 from broker.app import build_broker, create_app
 from broker.config import Settings
 from broker.demo import DPO_PARTNER, ORGANISATIONS, register_organisations
@@ -252,6 +253,25 @@ class Env:
         for org in orgs:
             response = self.post(org, f"/persons/{person_id}/relationships")
             assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def add_endpoint(env: Env, endpoint_id: str, org: str, events: list[str], *, active: bool = True) -> None:
+    """A webhook endpoint of `org` written straight to the database, for tests of what happens around deliveries
+    (registration through the API is tested in tests/integration/test_webhooks_api.py)."""
+    with env.broker.uow() as uow:
+        uow.session.add(
+            WebhookEndpointRow(
+                id=endpoint_id,
+                organisation_id=org,
+                client_id=org,
+                url=f"https://{org}.example/events",
+                events=events,
+                active=active,
+                created_at=env.clock.now(),
+                disabled_at=None,
+            )
+        )
+        uow.commit()
 
 
 def make_env(settings: Settings, clock: FixedClock) -> Env:

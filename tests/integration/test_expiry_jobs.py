@@ -26,7 +26,6 @@ from broker.adapters.orm import (
     ConsentRow,
     OutboxEventRow,
     WebhookDeliveryRow,
-    WebhookEndpointRow,
 )
 from broker.cli import main
 from broker.demo import caller
@@ -42,7 +41,7 @@ from broker.services.persons import end_relationship, lock_person, start_relatio
 from broker.services.records import deposit_record
 from broker.services.sequencer import Sequencer
 from schemas.records.examples import EXAMPLES
-from tests.support import Env
+from tests.support import Env, add_endpoint
 
 # Flow F7: the health centre receives Kisälli's work assessment for assessing the capacity to work, on consent.
 TERMS = {"recipients": ["varha-health"], "categories": ["work_assessment"], "purposes": ["work_capacity_assessment"]}
@@ -101,20 +100,7 @@ def refusal_codes(response: Any) -> set[str]:
 
 def subscribe(env: Env, org: str) -> None:
     """An active endpoint of `org` subscribed to the expiry events, so that each event gets a delivery."""
-    with env.broker.uow() as uow:
-        uow.session.add(
-            WebhookEndpointRow(
-                id=f"whk_{org.replace('-', '_')}",
-                organisation_id=org,
-                client_id=org,
-                url=f"https://{org}.example/events",
-                events=["consent_request.expired", "consent.expired"],
-                active=True,
-                created_at=env.clock.now(),
-                disabled_at=None,
-            )
-        )
-        uow.commit()
+    add_endpoint(env, f"whk_{org.replace('-', '_')}", org, ["consent_request.expired", "consent.expired"])
 
 
 def outbox(env: Env, type_: str) -> list[OutboxEventRow]:
@@ -527,20 +513,7 @@ def test_the_command_line_runs_the_jobs_and_prints_a_summary(
 
 
 def test_old_partner_events_are_forgotten_once_their_deliveries_are_over(env: Env) -> None:
-    with env.broker.uow() as uow:
-        uow.session.add(
-            WebhookEndpointRow(
-                id="whk_1",
-                organisation_id="kela",
-                client_id="kela",
-                url="https://kela.example/events",
-                events=["consent.granted"],
-                active=True,
-                created_at=env.clock.now(),
-                disabled_at=None,
-            )
-        )
-        uow.commit()
+    add_endpoint(env, "whk_1", "kela", ["consent.granted"])
 
     def emit_one() -> str:
         with env.broker.uow() as uow:

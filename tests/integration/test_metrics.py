@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from broker.adapters.orm import WebhookDeliveryRow, WebhookEndpointRow
+from broker.adapters.orm import WebhookDeliveryRow
 from broker.app import create_app
 from broker.services.events import emit
 from broker.services.metrics import Gauge, exposition
-from tests.support import Env
+from tests.support import Env, add_endpoint
 
 SAMPLE = re.compile(r'^([a-z_]+)(\{[a-z_]+="[^"]*"\})? (-?[0-9.]+)$')
 
@@ -26,20 +26,7 @@ def _samples(text: str) -> dict[str, float]:
 
 
 def test_metrics_report_deliveries_overdue_work_and_the_log(env: Env) -> None:
-    with env.broker.uow() as uow:
-        uow.session.add(
-            WebhookEndpointRow(
-                id="whk_1",
-                organisation_id="kela",
-                client_id="kela",
-                url="https://kela.example/events",
-                events=["consent.granted"],
-                active=True,
-                created_at=env.clock.now(),
-                disabled_at=None,
-            )
-        )
-        uow.commit()
+    add_endpoint(env, "whk_1", "kela", ["consent.granted"])
     with env.broker.uow() as uow:
         for _ in range(3):
             emit(uow, type="consent.granted", organisations=["kela"], person_id=None, data={}, now=env.clock.now())

@@ -9,35 +9,18 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from broker.adapters.orm import OutboxEventRow, WebhookDeliveryRow, WebhookEndpointRow
+from broker.adapters.orm import OutboxEventRow, WebhookDeliveryRow
 from broker.adapters.signing import verify_jws
 from broker.services.events import SET_TYP, emit, event_uri, sign_event
-from tests.support import Env
-
-
-def _endpoint(env: Env, endpoint_id: str, org: str, events: list[str], *, active: bool = True) -> None:
-    with env.broker.uow() as uow:
-        uow.session.add(
-            WebhookEndpointRow(
-                id=endpoint_id,
-                organisation_id=org,
-                client_id=org,
-                url=f"https://{org}.example/events",
-                events=events,
-                active=active,
-                created_at=env.clock.now(),
-                disabled_at=None,
-            )
-        )
-        uow.commit()
+from tests.support import Env, add_endpoint
 
 
 def test_one_event_per_organisation_and_a_delivery_per_subscribed_active_endpoint(env: Env) -> None:
-    _endpoint(env, "whk_a", "kela", ["consent.withdrawn"])
-    _endpoint(env, "whk_b", "kela", ["consent.withdrawn", "consent.granted"])
-    _endpoint(env, "whk_c", "kela", ["consent.granted"])  # not subscribed to the type
-    _endpoint(env, "whk_d", "kela", ["consent.withdrawn"], active=False)
-    _endpoint(env, "whk_e", "varha-health", ["consent.withdrawn"])
+    add_endpoint(env, "whk_a", "kela", ["consent.withdrawn"])
+    add_endpoint(env, "whk_b", "kela", ["consent.withdrawn", "consent.granted"])
+    add_endpoint(env, "whk_c", "kela", ["consent.granted"])  # not subscribed to the type
+    add_endpoint(env, "whk_d", "kela", ["consent.withdrawn"], active=False)
+    add_endpoint(env, "whk_e", "varha-health", ["consent.withdrawn"])
     person = env.person()
     now = env.clock.now()
     with env.broker.uow() as uow:
@@ -69,7 +52,7 @@ def test_one_event_per_organisation_and_a_delivery_per_subscribed_active_endpoin
 
 
 def test_events_of_a_rolled_back_change_never_exist(env: Env) -> None:
-    _endpoint(env, "whk_a", "kela", ["consent.granted"])
+    add_endpoint(env, "whk_a", "kela", ["consent.granted"])
     with env.broker.uow() as uow:
         emit(uow, type="consent.granted", organisations=["kela"], person_id=None, data={}, now=env.clock.now())
         # no commit: the change and its event roll back together
