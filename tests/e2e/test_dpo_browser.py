@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - the test extra installs both
     )
 
 from tests.e2e.conftest import Served, partner_session
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +63,32 @@ def exception_use(served: Served) -> int:
     assert answer.status_code == 200, answer.text
     assert answer.json()["basis"]["kind"] == "exception"
     return int(answer.json()["audit_entry_id"])
+
+
+@pytest.fixture(scope="module")
+def pending_delivery(served: Served) -> str:
+    """The health centre's system has registered an endpoint for consent events (on loopback, which demo mode allows,
+    at a port where nothing answers), and Kisälli records a consent naming the health centre: a delivery waits for
+    a worker (none runs beside `broker serve`). Returns the endpoint's id."""
+    api = f"{served.base_url}/api/v1"
+    health = partner_session(served, "varha-health")
+    registered = health.post(
+        f"{api}/webhooks", json={"url": f"http://127.0.0.1:{free_port()}/events", "events": ["consent.granted"]}
+    )
+    assert registered.status_code == 201, registered.text
+    recorded = partner_session(served, "kisalli").post(
+        f"{api}/consents",
+        json={
+            "person_id": _person(served, "sari")["person_id"],
+            "recipients": ["varha-health"],
+            "categories": ["work_assessment"],
+            "purposes": ["work_capacity_assessment"],
+            "method": "in_person",
+            "witness": "Pekka Salo",
+        },
+    )
+    assert recorded.status_code == 201, recorded.text
+    return str(registered.json()["webhook_id"])
 
 
 @pytest.fixture
@@ -100,7 +127,9 @@ def no_script(page: Page) -> None:
     assert page.evaluate("() => document.querySelectorAll('[style]').length") == 0
 
 
-def test_the_dpo_searches_reports_reviews_and_verifies(served: Served, page: Page, exception_use: int) -> None:
+def test_the_dpo_searches_reports_reviews_and_verifies(
+    served: Served, page: Page, exception_use: int, pending_delivery: str
+) -> None:
     found: list[str] = []
     mikko = _person(served, "mikko")
     log_in_as_dpo(page, served)
@@ -183,6 +212,12 @@ def test_the_dpo_searches_reports_reviews_and_verifies(served: Served, page: Pag
     expect(page.locator('svg[role="img"]')).to_have_count(2)
     no_script(page)
     found += violations(page, "activity")
+
+    # The partners' event deliveries: the health centre's endpoint with its delivery waiting.
+    go(page, "/dpo/deliveries")
+    expect(page.locator("main")).to_contain_text(pending_delivery)
+    no_script(page)
+    found += violations(page, "deliveries")
     assert not found, f"{len(found)} axe-core violations:\n" + "\n".join(found)
 
 
@@ -196,7 +231,14 @@ def test_the_workspace_speaks_finnish_and_swedish(served: Served, browser: Brows
         headings = {"fi": "Tietosuojavastaavan työtila", "sv": "Dataskyddsombudets arbetsyta"}
         expect(page.locator("h1")).to_have_text(headings[lang])
         found = violations(page, f"[{lang}] overview")
-        for path in ("/dpo/search", "/dpo/persons", "/dpo/anomalies", "/dpo/register", "/dpo/integrity"):
+        for path in (
+            "/dpo/search",
+            "/dpo/persons",
+            "/dpo/anomalies",
+            "/dpo/register",
+            "/dpo/integrity",
+            "/dpo/deliveries",
+        ):
             go(page, path)
             expect(page.locator("html")).to_have_attribute("lang", lang)
             found += violations(page, f"[{lang}] {path}")
