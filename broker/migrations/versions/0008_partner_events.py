@@ -79,6 +79,7 @@ def upgrade() -> None:
         batch_op.create_index('ix_withdrawal_attestations_consent_org', ['consent_id', 'organisation_id'], unique=True)
         batch_op.create_index(batch_op.f('ix_withdrawal_attestations_due_at'), ['due_at'], unique=False)
         batch_op.create_index('ix_withdrawal_attestations_org_outcome', ['organisation_id', 'outcome'], unique=False)
+        batch_op.create_index('ix_withdrawal_attestations_outcome_due', ['outcome', 'due_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_withdrawal_attestations_person_id'), ['person_id'], unique=False)
 
     op.create_table('webhook_deliveries',
@@ -113,6 +114,7 @@ def downgrade() -> None:
     op.drop_table('webhook_deliveries')
     with op.batch_alter_table('withdrawal_attestations', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_withdrawal_attestations_person_id'))
+        batch_op.drop_index('ix_withdrawal_attestations_outcome_due')
         batch_op.drop_index('ix_withdrawal_attestations_org_outcome')
         batch_op.drop_index(batch_op.f('ix_withdrawal_attestations_due_at'))
         batch_op.drop_index('ix_withdrawal_attestations_consent_org')
