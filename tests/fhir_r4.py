@@ -3,7 +3,7 @@
 The structure — elements, cardinalities, primitive formats, no unknown elements — is checked by the R4 models of
 fhir.resources 6.4 (pyproject.toml says why that version). Those models do not check value-set bindings, so the
 required ones the broker's resources touch are checked here against the codes R4 lists for them, with the few
-invariants of consent.html and bundle.html that concern what the broker fills in."""
+invariants of consent.html, bundle.html and capabilitystatement.html that concern what the broker fills in."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from fhir.resources import __fhir_version__
 from fhir.resources.auditevent import AuditEvent
 from fhir.resources.bundle import Bundle
+from fhir.resources.capabilitystatement import CapabilityStatement
 from fhir.resources.consent import Consent
 
 assert __fhir_version__ == "4.0.1", f"fhir.resources models FHIR {__fhir_version__}, not R4"
@@ -35,6 +36,35 @@ BUNDLE_TYPE = {
     "collection",
 }  # bundle-type
 SEARCH_MODE = {"match", "include", "outcome"}  # search-entry-mode
+PUBLICATION_STATUS = {"draft", "active", "retired", "unknown"}  # publication-status
+CAPABILITY_KIND = {"instance", "capability", "requirements"}  # capability-statement-kind
+REST_MODE = {"client", "server"}  # restful-capability-mode
+TYPE_INTERACTION = {
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+}  # type-restful-interaction
+VERSIONING = {"no-version", "versioned", "versioned-update"}  # versioning-policy
+CONDITIONAL_READ = {"not-supported", "modified-since", "not-match", "full-support"}  # conditional-read-status
+SEARCH_PARAM_TYPE = {
+    "number",
+    "date",
+    "string",
+    "token",
+    "reference",
+    "composite",
+    "quantity",
+    "uri",
+    "special",
+}  # search-param-type
+# restful-security-service (extensible): the codes of its code system.
+SECURITY_SERVICE = {"OAuth", "SMART-on-FHIR", "NTLM", "Basic", "Kerberos", "Certificates"}
 
 
 def validate_consent(resource: dict[str, Any]) -> Consent:
@@ -99,3 +129,36 @@ def validate_bundle(document: dict[str, Any]) -> Bundle:
         elif resource["resourceType"] == "AuditEvent":
             validate_audit_event(resource)
     return bundle
+
+
+def validate_capability_statement(document: dict[str, Any]) -> CapabilityStatement:
+    """Validate a CapabilityStatement with its required bindings and the invariants of capabilitystatement.html
+    that concern a server's REST statement."""
+    statement = CapabilityStatement.parse_obj(document)
+    assert_json_form(document)
+    assert document["status"] in PUBLICATION_STATUS
+    assert document["kind"] in CAPABILITY_KIND
+    assert document["fhirVersion"] == "4.0.1"
+    assert document["format"], "format: 1..*"
+    assert document.get("rest") or document.get("messaging") or document.get("document"), "cpb-1"
+    assert document.get("description") or document.get("software") or document.get("implementation"), "cpb-2"
+    if document["kind"] == "instance":
+        assert "implementation" in document, "cpb-14: an instance's statement has its implementation"
+    for rest in document.get("rest", []):
+        assert rest["mode"] in REST_MODE
+        for service in rest.get("security", {}).get("service", []):
+            for code in service.get("coding", []):
+                if code["system"] == "http://terminology.hl7.org/CodeSystem/restful-security-service":
+                    assert code["code"] in SECURITY_SERVICE, code
+        types = [resource["type"] for resource in rest.get("resource", [])]
+        assert len(types) == len(set(types)), "cpb-9: a resource is described once per mode"
+        for resource in rest.get("resource", []):
+            for interaction in resource.get("interaction", []):
+                assert interaction["code"] in TYPE_INTERACTION, interaction
+            assert resource.get("versioning", "no-version") in VERSIONING
+            assert resource.get("conditionalRead", "not-supported") in CONDITIONAL_READ
+            names = [parameter["name"] for parameter in resource.get("searchParam", [])]
+            assert len(names) == len(set(names)), "cpb-12: search parameter names unique per resource"
+            for parameter in resource.get("searchParam", []):
+                assert parameter["type"] in SEARCH_PARAM_TYPE, parameter
+    return statement

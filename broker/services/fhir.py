@@ -10,7 +10,8 @@ data-protection officer's export (`broker export fhir DIR`).
   and the disclosed data as entities. The profile is not claimed in `meta.profile`: it requires the recipient
   agent's network address, and the broker does not keep the addresses partners call from.
 - Search results are a Bundle of type `searchset` (R4 bundle.html, search.html); an export is one Bundle of
-  type `collection` per person.
+  type `collection` per person. A read by id (R4 http.html#read) answers the resource a search's `fullUrl` names,
+  with the search's visibility; `[base]/metadata` answers the server's CapabilityStatement.
 
 The functions that make resources are pure (rows and values in, JSON-ready dicts out), so that tests can hold each
 mapping to the specification without a database; the use cases at the end read the rows, and log the reads of the
@@ -26,7 +27,9 @@ systems named under the issuer, `<issuer>/fhir/CodeSystem/<name>`; its extension
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -53,7 +56,7 @@ from broker.adapters.orm import (
 )
 from broker.adapters.uow import UnitOfWork
 from broker.domain.clock import utc
-from broker.domain.errors import UnknownPersonError
+from broker.domain.errors import NotFoundError, UnknownPersonError
 from broker.domain.model import Caller
 from broker.services import Broker
 from broker.services.audit_log import append_entry
@@ -133,6 +136,12 @@ class Names:
 
     issuer: str
 
+    @property
+    def base(self) -> str:
+        """The FHIR service base URL (R4 http.html#general): `[base]/[type]/[id]` reads a resource, `[base]/metadata`
+        the capability statement."""
+        return f"{self.issuer}/api/v1/fhir"
+
     def code_system(self, name: str) -> str:
         return f"{self.issuer}/fhir/CodeSystem/{name}"
 
@@ -173,6 +182,7 @@ class Names:
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 # The broker's opaque ids: a type prefix and 128 bits in hex (broker.services.new_id).
 _BROKER_ID = re.compile(r"([a-z]{3})[_-]([0-9a-f]{32})")
+_RESOURCE_ID = re.compile(r"([a-z]{3})-([0-9a-f]{32})")
 
 
 def fhir_id(broker_id: str) -> str:
@@ -192,6 +202,21 @@ def person_from_search(value: str) -> str:
     if found is None:
         return value  # no person has it: the search answers 404 naming the parameter
     return f"{found.group(1)}_{found.group(2)}"
+
+
+def broker_id(resource_id: str) -> str | None:
+    """The broker's id behind the FHIR id of one of its resources (`con-…` → `con_…`, `dis-…` → `dis_…`), or None
+    when `resource_id` is no id the broker gives (and so names no resource)."""
+    found = _RESOURCE_ID.fullmatch(resource_id)
+    return None if found is None else f"{found.group(1)}_{found.group(2)}"
+
+
+def _unknown_resource(resource_type: str, resource_id: str, code: str, caller: Caller) -> NotFoundError:
+    detail = f"no {resource_type} '{resource_id}' visible to organisation '{caller.organisation_id}'"
+    if _BROKER_ID.fullmatch(resource_id) and "_" in resource_id:
+        # The broker's own id where the FHIR id belongs: say which one is meant.
+        detail += f"; a resource's FHIR id has '-' where the broker's id has '_': {fhir_id(resource_id)}"
+    return NotFoundError(detail, extra={"code": code})
 
 
 def instant(moment: datetime) -> str:
@@ -585,8 +610,9 @@ def collection(resources: Sequence[dict[str, Any]], *, names: Names, now: dateti
 
 
 def _full_url(resource: dict[str, Any], names: Names) -> str:
-    # The RESTful form ending in the resource's id, as R4 bundle.html requires of a fullUrl that looks like one.
-    return f"{names.issuer}/api/v1/fhir/{resource['resourceType']}/{resource['id']}"
+    # The RESTful form ending in the resource's id, as R4 bundle.html requires of a fullUrl that looks like one: for
+    # Consent and AuditEvent, the URL their read answers (GET [base]/[type]/[id], R4 http.html#read).
+    return f"{names.base}/{resource['resourceType']}/{resource['id']}"
 
 
 def patient_resource(person_id: str, names: Names) -> dict[str, Any]:
@@ -624,8 +650,6 @@ def load_consents(
 ) -> dict[str, list[dict[str, Any]]]:
     """The Consent resources of the persons, by person, oldest first; only those in which organisation
     `visible_to` is requester or recipient when it is given (the visibility of services.consents.list_consents)."""
-    names = Names(broker.settings.issuer)
-    now = broker.clock.now()
     rows: list[ConsentRow] = []
     for chunk in _chunks(person_ids):
         rows += uow.session.scalars(
@@ -633,6 +657,17 @@ def load_consents(
         )
     if visible_to is not None:
         rows = [row for row in rows if _involves(row, visible_to)]
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row, resource in zip(rows, consent_resources(broker, uow, rows), strict=True):
+        found[row.person_id].append(resource)
+    return found
+
+
+def consent_resources(broker: Broker, uow: UnitOfWork, rows: Sequence[ConsentRow]) -> list[dict[str, Any]]:
+    """The Consent resources of the consents, in their order, with their texts and histories read a chunk at a
+    time."""
+    names = Names(broker.settings.issuer)
+    now = broker.clock.now()
     texts: dict[str, ConsentTextRow] = {}
     for chunk in _chunks(sorted({row.text_sha256 for row in rows})):
         texts.update(
@@ -645,20 +680,40 @@ def load_consents(
         ):
             events[event.consent_id].append(event)
     organisations = organisation_names(uow)
-    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        found[row.person_id].append(
-            consent_resource(
-                row,
-                texts.get(row.text_sha256),
-                events[row.id],
-                names=names,
-                organisations=organisations,
-                special=special_categories(broker.policy, row.categories),
-                now=now,
-            )
+    return [
+        consent_resource(
+            row,
+            texts.get(row.text_sha256),
+            events[row.id],
+            names=names,
+            organisations=organisations,
+            special=special_categories(broker.policy, row.categories),
+            now=now,
         )
-    return found
+        for row in rows
+    ]
+
+
+#: A disclosure as its AuditEvent needs it: the row, the log entry's bytes, and the entry's tree index once the
+#: sequencer has placed it.
+LoggedDisclosure = tuple[DisclosureRow, bytes, int | None]
+
+
+def _logged_disclosures(uow: UnitOfWork, caller: Caller | None, *where: Any) -> list[LoggedDisclosure]:
+    """The disclosures matching `where`, oldest first, with their log entries: all of them, or — for a partner
+    `caller` — those whose recipient is its organisation or that its partner system made."""
+    stmt = (
+        select(DisclosureRow, AuditEntryRow.entry, AuditLeafRow.idx)
+        .join(AuditEntryRow, AuditEntryRow.id == DisclosureRow.audit_entry_id)
+        .outerjoin(AuditLeafRow, AuditLeafRow.entry_id == DisclosureRow.audit_entry_id)
+        .where(*where)
+        .order_by(DisclosureRow.created_at, DisclosureRow.id)
+    )
+    if caller is not None:
+        stmt = stmt.where(
+            or_(DisclosureRow.recipient_org == caller.organisation_id, DisclosureRow.partner == caller.partner_id)
+        )
+    return [(r[0], bytes(r[1]), r[2]) for r in uow.session.execute(stmt)]
 
 
 def load_audit_events(
@@ -666,22 +721,21 @@ def load_audit_events(
 ) -> dict[str, list[dict[str, Any]]]:
     """The AuditEvent resources of the persons' disclosures, by person, oldest first: all of them, or — for a
     partner `caller` — those whose recipient is its organisation or that its partner system made."""
-    names = Names(broker.settings.issuer)
-    stmt = (
-        select(DisclosureRow, AuditEntryRow.entry, AuditLeafRow.idx)
-        .join(AuditEntryRow, AuditEntryRow.id == DisclosureRow.audit_entry_id)
-        .outerjoin(AuditLeafRow, AuditLeafRow.entry_id == DisclosureRow.audit_entry_id)
-        .order_by(DisclosureRow.created_at, DisclosureRow.id)
-    )
-    if caller is not None:
-        stmt = stmt.where(
-            or_(DisclosureRow.recipient_org == caller.organisation_id, DisclosureRow.partner == caller.partner_id)
-        )
-    found_rows: list[tuple[DisclosureRow, bytes, int | None]] = []
+    found_rows: list[LoggedDisclosure] = []
     for chunk in _chunks(person_ids):
-        found_rows += [
-            (r[0], bytes(r[1]), r[2]) for r in uow.session.execute(stmt.where(DisclosureRow.person_id.in_(chunk)))
-        ]
+        found_rows += _logged_disclosures(uow, caller, DisclosureRow.person_id.in_(chunk))
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (row, _, _), resource in zip(found_rows, audit_event_resources(broker, uow, found_rows), strict=True):
+        found[row.person_id].append(resource)
+    return found
+
+
+def audit_event_resources(
+    broker: Broker, uow: UnitOfWork, found_rows: Sequence[LoggedDisclosure]
+) -> list[dict[str, Any]]:
+    """The AuditEvent resources of the disclosures, in their order, with the records' custodians and the consents'
+    authorizers read a chunk at a time."""
+    names = Names(broker.settings.issuer)
     sources: dict[str, str] = {}
     for chunk in _chunks(sorted({rid for row, _, _ in found_rows for rid in row.record_ids})):
         for record_id, source in uow.session.execute(
@@ -698,7 +752,7 @@ def load_audit_events(
         ):
             authorizers[consent.id] = Authorizer(consent.given_by, consent.representative_id, consent.mandate)
     organisations = organisation_names(uow)
-    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    found: list[dict[str, Any]] = []
     for row, entry, index in found_rows:
         logged = json.loads(entry)
         context = DisclosureContext(
@@ -710,7 +764,7 @@ def load_audit_events(
             custodians=tuple(sorted({sources[r] for r in row.record_ids if r in sources})),
             authorizer=authorizers.get(_basis_consent(row) or ""),
         )
-        found[row.person_id].append(audit_event_resource(row, context, names=names, organisations=organisations))
+        found.append(audit_event_resource(row, context, names=names, organisations=organisations))
     return found
 
 
@@ -722,7 +776,7 @@ def _basis_consent(row: DisclosureRow) -> str | None:
 
 
 def _self_url(names: Names, resource_type: str, person_id: str) -> str:
-    return f"{names.issuer}/api/v1/fhir/{resource_type}?patient={quote(person_id, safe='')}"
+    return f"{names.base}/{resource_type}?patient={quote(person_id, safe='')}"
 
 
 def search_consents(broker: Broker, caller: Caller, patient: str) -> dict[str, Any]:
@@ -762,6 +816,165 @@ def search_audit_events(broker: Broker, caller: Caller, patient: str) -> dict[st
         )
         uow.commit()
     return searchset(events, names=names, self_url=_self_url(names, "AuditEvent", person_id), now=now)
+
+
+def read_consent(broker: Broker, caller: Caller, resource_id: str) -> dict[str, Any]:
+    """`GET /api/v1/fhir/Consent/{id}` (R4 http.html#read): the Consent, if the caller's organisation is its
+    requester or a recipient — what the search shows it. Any other id is 404 `unknown_consent`, whether or not the
+    consent exists, as for every consent operation. Not logged, like the search."""
+    consent_id = broker_id(resource_id)
+    with broker.uow(write=False) as uow:
+        row = uow.session.get(ConsentRow, consent_id) if consent_id is not None else None
+        if row is None or not _involves(row, caller.organisation_id):
+            raise _unknown_resource("Consent", resource_id, "unknown_consent", caller)
+        [resource] = consent_resources(broker, uow, [row])
+    return resource
+
+
+def read_audit_event(broker: Broker, caller: Caller, resource_id: str) -> dict[str, Any]:
+    """`GET /api/v1/fhir/AuditEvent/{id}` (R4 http.html#read): one disclosure as an AuditEvent, for a
+    data-protection officer's system (scope `audit:read`) any, for a partner (scope `disclosures`) one made to its
+    organisation or by its system — what the search shows it; any other id is 404. Reading the log is processing
+    the personal data in it: the read is logged (`audit:query`, in the person's log) in the same transaction,
+    before the answer leaves."""
+    disclosure_id = broker_id(resource_id)
+    officer = "audit:read" in caller.scopes
+    with broker.uow() as uow:
+        found = (
+            _logged_disclosures(uow, None if officer else caller, DisclosureRow.id == disclosure_id)
+            if disclosure_id is not None
+            else []
+        )
+        if not found:
+            raise _unknown_resource("AuditEvent", resource_id, "not_found", caller)
+        [resource] = audit_event_resources(broker, uow, found)
+        append_entry(
+            uow,
+            event="audit:query",
+            now=broker.clock.now(),
+            caller=caller,
+            person_id=found[0][0].person_id,
+            detail={
+                "surface": SURFACE,
+                "filters": {"resource": "AuditEvent", "id": resource_id, "scope": "all" if officer else "own"},
+                "returned": 1,
+            },
+        )
+        uow.commit()
+    return resource
+
+
+# --- the capability statement -------------------------------------------------------------------------------------
+
+#: When the capability statement last changed. R4 CapabilityStatement.date "should change when the substantive
+#: content of the capability statement changes": change it with `capability_statement`.
+CAPABILITY_DATE = "2026-12-06"
+RESTFUL_SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+# The search parameters' definitions in R4 (searchparameter-registry.html): Consent's `patient` is the shared
+# clinical-patient (Consent.patient), AuditEvent's its own (the agents' and entities' Patient references).
+CONSENT_PATIENT = "http://hl7.org/fhir/SearchParameter/clinical-patient"
+AUDIT_EVENT_PATIENT = "http://hl7.org/fhir/SearchParameter/AuditEvent-patient"
+_PATIENT_PARAMETER_HELP = (
+    "Required, and the only parameter accepted. The person as `Patient/per-…`, `per-…` or the broker's `per_…`; an "
+    "unknown person is 404 `unknown_person`."
+)
+
+
+def capability_statement(
+    names: Names, *, token_endpoint: str, server_metadata: str, software_version: str | None
+) -> dict[str, Any]:
+    """What this FHIR server does (R4 capabilitystatement.html, kind `instance`): Consent and AuditEvent, each read
+    by id and searched by patient, in JSON, behind OAuth 2.0. `GET [base]/metadata` answers it (R4
+    http.html#capabilities)."""
+    statement: dict[str, Any] = {
+        "resourceType": "CapabilityStatement",
+        "url": f"{names.base}/metadata",
+        "version": software_version,
+        "name": "ConsentBroker",
+        "title": "Consent Broker FHIR R4 server",
+        "status": "active",
+        "date": CAPABILITY_DATE,
+        "description": "Consents and the disclosures made under them, as FHIR R4 Consent and AuditEvent resources, "
+        "for the partner systems of the Consent Broker and for data-protection officers.",
+        # R4 cpb-14: a statement of kind `instance` describes one installation and has `implementation`.
+        "kind": "instance",
+        "software": {"name": "Consent Broker", "version": software_version},
+        "implementation": {"description": f"Consent Broker at {names.issuer}", "url": names.base},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": "Read-only. Answers are `application/fhir+json`; errors are RFC 9457 problem "
+                "documents (`application/problem+json`) with a stable `code`, as everywhere in the broker's API, "
+                "not OperationOutcome resources.",
+                "security": {
+                    "cors": False,
+                    "service": [{"coding": [coding(RESTFUL_SECURITY_SERVICE, "OAuth", "OAuth")], "text": "OAuth 2.0"}],
+                    "description": (
+                        "OAuth 2.0 client credentials grant (RFC 6749 §4.4). The partner system authenticates at "
+                        f"the token endpoint {token_endpoint} with `private_key_jwt`: a JWT signed with its "
+                        "registered key (RFC 7523 §2.2, OpenID Connect Core 1.0 §9). Access tokens are bound to the "
+                        "client's key with DPoP (RFC 9449): send `Authorization: DPoP <token>` and a fresh `DPoP` "
+                        "proof with every request. The authorization server's metadata (RFC 8414) is at "
+                        f"{server_metadata}. Scopes: `consents` for Consent; for AuditEvent `disclosures` (the "
+                        "disclosures made to your organisation or by your system) or `audit:read` (all of them, for "
+                        "a data-protection officer's system). This statement needs no token."
+                    ),
+                },
+                "resource": [
+                    {
+                        "type": "Consent",
+                        "documentation": "The consents in which the calling organisation is requester or recipient; "
+                        "any other is 404 to it. Scope `consents`.",
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                        # meta.versionId is the consent's version; earlier versions are not served (no vread).
+                        "versioning": "versioned",
+                        "readHistory": False,
+                        "conditionalRead": "not-supported",
+                        "searchParam": [
+                            {
+                                "name": "patient",
+                                "definition": CONSENT_PATIENT,
+                                "type": "reference",
+                                "documentation": _PATIENT_PARAMETER_HELP,
+                            }
+                        ],
+                    },
+                    {
+                        "type": "AuditEvent",
+                        "documentation": "Decided requests for records and notices sent, permitted or refused, "
+                        "shaped after IHE BALP's Privacy Disclosure at Source. With scope `disclosures` those made "
+                        "to the calling organisation or by its system, with `audit:read` all; any other is 404. "
+                        "Every read and search is itself recorded in the broker's audit log.",
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                        "versioning": "no-version",
+                        "readHistory": False,
+                        "conditionalRead": "not-supported",
+                        "searchParam": [
+                            {
+                                "name": "patient",
+                                "definition": AUDIT_EVENT_PATIENT,
+                                "type": "reference",
+                                "documentation": _PATIENT_PARAMETER_HELP,
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    found: dict[str, Any] = compact(statement)  # no `version` when the package's version is unknown
+    return found
+
+
+@functools.cache
+def software_version() -> str | None:
+    """The installed broker's version, or None when it runs from a source tree that is not installed."""
+    try:
+        return importlib.metadata.version("consent-broker")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 # --- the export ------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ by name: adding an endpoint without deciding here who may call it, on what, fail
 — and the callers whose credentials must fail, on every operation, whatever the object:
 
 - *dpo* — the DPO's system (scope `audit:read` only): 403 on every partner operation but the FHIR AuditEvent
-  search, which it reads in full; the right caller of the audit log's.
+  search and read, which it reads in full; the right caller of the audit log's.
 - *anonymous* — no `Authorization` at all.
 - *expired* — the right partner's token after the clock has moved past its lifetime (`access_token_ttl`).
 - *revoked* — the right partner's token after the partner revoked it (`POST /oauth/revoke`, RFC 7009).
@@ -36,10 +36,13 @@ by name: adding an endpoint without deciding here who may call it, on what, fail
   an access token. Each is sent as a partner would send its own token: `Authorization: DPoP …` with a valid proof
   bound to it.
 
+One operation is public and answers every caller alike, credentials or none: the FHIR capability statement
+(`GET /api/v1/fhir/metadata`), which says how to authenticate (R4 http.html#capabilities).
+
 **Objects**, named from the right partner's point of view: *own* (the person it serves with a basis, its consent,
-its notice, an existing log position), *another person's* (a person none of the three partners serves, a consent
-and a notice that name none of them) and *non-existent* (an id no object has). An operation that addresses no
-object (the inbox, the newest checkpoint) has only *own*.
+its notice, a disclosure made to it, an existing log position), *another person's* (a person none of the three
+partners serves, a consent, a notice and a disclosure that name none of them) and *non-existent* (an id no object
+has). An operation that addresses no object (the inbox, the newest checkpoint) has only *own*.
 
 The world is built once per backend for the module; an operation that changes its object (ending a relationship,
 withdrawing a consent, recording a consent or a record) gets a fresh object for each case, so the cases do not
@@ -98,6 +101,7 @@ CATEGORY, PURPOSE = "health_check_summary", "service_delivery"
 MISSING_PERSON = "per_" + "0" * 32
 MISSING_CONSENT = "con_" + "0" * 32
 MISSING_NOTICE = "not_" + "0" * 32
+MISSING_DISCLOSURE = "dis_" + "0" * 32
 BEYOND_THE_LOG = 2**62
 #: What the broker's own notice of a withdrawn consent holds (broker/services/notices.py): the consent's terms.
 WITHDRAWAL_NOTICE_FIELDS = {"consent_id", "withdrawn_at", "categories", "purposes"}
@@ -128,6 +132,8 @@ class World:
     portal_token: str
     webhook: str  # Kisälli's webhook endpoint
     other_webhook: str  # the health centre's
+    disclosure: str  # the health-check summary of `person` disclosed to Kisälli (F8)
+    other_disclosure: str  # the health centre's own request about `other_person`
 
     @property
     def policy(self) -> Policy:
@@ -193,6 +199,16 @@ def send_notice(env: Env, sender: str, person_id: str, recipient: str) -> str:
     assert response.status_code == 201, response.get_json()
     notice_id: str = response.get_json()["notice_id"]
     return notice_id
+
+
+def request_disclosure(env: Env, org: str, person_id: str) -> str:
+    """`org` asks for the person's health-check summary: the id of the decided request, permitted (200) or refused
+    (403, the problem names it) — a disclosure in the log either way."""
+    body = {"person_id": person_id, "category": CATEGORY, "purpose": PURPOSE}
+    response = env.post(org, "/disclosures", body)
+    assert response.status_code in (200, 403), response.get_json()
+    disclosure_id: str = response.get_json()["disclosure_id"]
+    return disclosure_id
 
 
 def portal_access_token(env: Env) -> str:
@@ -265,6 +281,9 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         other_notice = send_notice(env, "kisalli", other_person, "turku-employment")
         served_by_kisalli = env.person("kisalli")
         env.serve(served_by_kisalli, "kisalli")
+        # Disclosures, for the FHIR AuditEvent read: Kisälli's F8 request, and one none of the callers made or got.
+        disclosure = request_disclosure(env, "kisalli", person)
+        other_disclosure = request_disclosure(env, "varha-health", other_person)
         # The no-proof cases mean something only if the broker binds its tokens to the partner's DPoP key.
         _, token_type = fresh_token(env, "kisalli")
         assert token_type == "DPoP", f"access tokens are issued as {token_type!r}, not bound to a DPoP key"
@@ -289,6 +308,8 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             portal_token=portal_access_token(env),
             webhook=register_webhook(env, "kisalli"),
             other_webhook=register_webhook(env, "varha-health"),
+            disclosure=disclosure,
+            other_disclosure=other_disclosure,
         )
 
 
@@ -364,6 +385,14 @@ def check_fhir_audit_events(world: World, org: str, body: Any) -> None:
         assert org in recipients | systems, f"{org} was shown {event['id']}"
 
 
+def check_fhir_consent(world: World, org: str, body: Any) -> None:
+    check_fhir_consents(world, org, {"entry": [{"resource": body}]})
+
+
+def check_fhir_audit_event(world: World, org: str, body: Any) -> None:
+    check_fhir_audit_events(world, org, {"entry": [{"resource": body}]})
+
+
 # --- the matrix ----------------------------------------------------------------------------------------------------
 
 # (world, object kind, whether the request is expected to change its object) → the request
@@ -386,12 +415,15 @@ class Operation:
     # The DPO's statuses by object kind, for a partner operation that DPO systems may call too (its part of the
     # answer differs); None: 403, as on every other partner operation.
     dpo: Mapping[str, int] | None = None
+    public: bool = False  # needs no credentials: every caller gets the right caller's status, whatever it sends
 
     @property
     def objects(self) -> tuple[str, ...]:
         return tuple(self.expect[RIGHT])
 
     def status(self, caller: str, kind: str) -> int:
+        if self.public:
+            return self.expect[RIGHT][kind]
         if caller in UNAUTHENTICATED:
             return 401
         if caller == DPO:
@@ -457,6 +489,15 @@ def check_organisation(world: World, org: str, body: Any) -> None:
         body = body["deliveries"] if "deliveries" in body else body["events"]
     for item in body if isinstance(body, list) else [body]:
         assert item["organisation"] == org, f"{org} was shown {item}"
+
+
+def _disclosure(world: World, kind: str) -> str:
+    return {OWN: world.disclosure, OTHER: world.other_disclosure, MISSING: MISSING_DISCLOSURE}[kind]
+
+
+def _fhir_id(broker_id: str) -> str:
+    # A FHIR id cannot hold "_" (R4 datatypes.html#id): a resource's id is the broker's with "-" (services/fhir.py).
+    return broker_id.replace("_", "-")
 
 
 def _notice(world: World, kind: str) -> str:
@@ -566,6 +607,25 @@ MATRIX: dict[tuple[str, str], Operation] = {
         expect={caller: every(200, OWN, OTHER) | every(404, MISSING) for caller in (RIGHT, NO_BASIS, OTHER_TYPE)},
         dpo=every(200, OWN, OTHER) | every(404, MISSING),
         check=check_fhir_audit_events,
+    ),
+    # FHIR reads by id, with the searches' visibility: a consent only for the organisations named in it, a
+    # disclosure for the partner it was made to or by, and for the DPO's system every one; 404 for anyone else.
+    ("GET", f"{V1}/fhir/Consent/{{resource_id}}"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/fhir/Consent/{_fhir_id(_consent(w, kind))}"),
+        expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
+        check=check_fhir_consent,
+    ),
+    ("GET", f"{V1}/fhir/AuditEvent/{{resource_id}}"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/fhir/AuditEvent/{_fhir_id(_disclosure(w, kind))}"),
+        expect={RIGHT: {OWN: 200, OTHER: 404, MISSING: 404}, NO_BASIS: every(404), OTHER_TYPE: every(404)},
+        dpo=every(200, OWN, OTHER) | every(404, MISSING),
+        check=check_fhir_audit_event,
+    ),
+    # The capability statement is public (R4 http.html#capabilities): the same answer to anyone.
+    ("GET", f"{V1}/fhir/metadata"): Operation(
+        build=lambda w, kind, fresh: Call("GET", f"{V1}/fhir/metadata"),
+        expect={caller: every(200, OWN) for caller in (RIGHT, NO_BASIS, OTHER_TYPE)},
+        public=True,
     ),
     # Any partner deposits its own records about a known person; what leaves again is decided per disclosure.
     ("POST", f"{V1}/records"): Operation(

@@ -7,12 +7,12 @@ assertion (RFC 7523), bound to the partner's key, and a fresh DPoP proof (RFC 94
 exact method and URL — so the requests reach the views and their validation, not only the token check. The audit
 log's operations are called as the DPO's system (scope `audit:read`), every other operation as Kisälli's.
 
-The world is a person Kisälli serves, with a record, a consent and a notice in Kisälli's inbox; half of the ids,
-codes and words the fuzzer sends are those real ones (schemathesis's dictionaries), so that requests also reach
-objects that exist and answers that succeed, and the rest are invented. Generation is deterministic (a fixed
-seed, Hypothesis's `derandomize`) and bounded per operation, so CI runs the same cases each time, in well under a
-minute per backend; `BROKER_SOAK=1` (`make soak`) runs many more. What the fuzz has found is kept at the end as
-fixed cases, which CI repeats whatever the generator draws.
+The world is a person Kisälli serves, with a record, a consent, Kisälli's request for the record (a disclosure in
+the log) and a notice in Kisälli's inbox; half of the ids, codes and words the fuzzer sends are those real ones
+(schemathesis's dictionaries), so that requests also reach objects that exist and answers that succeed, and the
+rest are invented. Generation is deterministic (a fixed seed, Hypothesis's `derandomize`) and bounded per operation,
+so CI runs the same cases each time, in well under a minute per backend; `BROKER_SOAK=1` (`make soak`) runs many
+more. What the fuzz has found is kept at the end as fixed cases, which CI repeats whatever the generator draws.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class FuzzWorld:
     person: str
     hetu: str
     consent: str
+    disclosure: str
     notice: str
     tree_size: int
 
@@ -84,9 +85,14 @@ def fuzz_world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         withdrawn = _created(env, "varha-health", "/consents", told, "consent_id")
         _created(env, "varha-health", f"/consents/{withdrawn}/withdraw", {}, "consent_id")
         [notice] = env.get("kisalli", "/inbox").get_json()
+        # Permitted or refused, the request is in the log: its id is in the answer or in the problem.
+        ask = {"person_id": person, "category": "health_check_summary", "purpose": "service_delivery"}
+        asked = env.post("kisalli", "/disclosures", ask)
+        assert asked.status_code in (200, 403), asked.get_json()
+        disclosure = asked.get_json()["disclosure_id"]
         Sequencer(env.broker).run_once()
         checkpoint = env.get(DPO_PARTNER, "/audit/checkpoint").get_json()
-        yield FuzzWorld(env, person, hetu, consent, notice["notice_id"], checkpoint["tree_size"])
+        yield FuzzWorld(env, person, hetu, consent, disclosure, notice["notice_id"], checkpoint["tree_size"])
 
 
 def _config(world: FuzzWorld) -> schemathesis.Config:
@@ -95,6 +101,9 @@ def _config(world: FuzzWorld) -> schemathesis.Config:
         "persons": [world.person],
         "consents": [world.consent],
         "notices": [world.notice],
+        # The FHIR ids of the consent and of the disclosure (R4 datatypes.html#id has no "_"), for their reads.
+        "fhir_consents": [world.consent.replace("_", "-")],
+        "fhir_audit_events": [world.disclosure.replace("_", "-")],
         "hetus": [world.hetu, new_hetu()],
         "organisations": [org for org, *_ in ORGANISATIONS],
         "categories": sorted(policy.categories),
@@ -123,6 +132,14 @@ def _config(world: FuzzWorld) -> schemathesis.Config:
             "parameters": {
                 key: {"dictionary": name, "probability": REAL} for name, keys in bindings.items() for key in keys
             },
+            # The FHIR reads name their id alike (`resource_id`); each gets its own resource's.
+            "operations": [
+                {
+                    "include-path": f"/api/v1/fhir/{resource}/{{resource_id}}",
+                    "parameters": {"path.resource_id": {"dictionary": name, "probability": REAL}},
+                }
+                for resource, name in (("Consent", "fhir_consents"), ("AuditEvent", "fhir_audit_events"))
+            ],
         }
     )
 

@@ -131,12 +131,19 @@ def test_every_operation_needs_the_partner_token_and_documents_its_problems(env:
     scheme = spec["components"]["securitySchemes"]["partner"]
     assert scheme["flows"]["clientCredentials"]["tokenUrl"] == env.issuer + "/oauth/token"
     assert set(scheme["flows"]["clientCredentials"]["scopes"]) <= set(SCOPES)
+    public = set()
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             if method not in HTTP_METHODS:
                 continue
+            if operation.get("security") == []:  # needs no token: never answers 401
+                public.add((method, path))
+                assert "401" not in operation["responses"], (method, path)
+                continue
             assert "401" in operation["responses"], (method, path)
             assert PROBLEM in operation["responses"]["401"]["content"], (method, path)
+    # The one public operation: FHIR's capability statement, which says how to authenticate (R4 http.html).
+    assert public == {("get", "/api/v1/fhir/metadata")}
 
 
 def test_the_docs_page_lists_every_operation(env: Env) -> None:

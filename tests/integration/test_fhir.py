@@ -1,8 +1,9 @@
 """FHIR R4 over the API and the export, on the demo's data (broker/demo.py `seed`): every demo person's Consent and
 AuditEvent Bundles validate as FHIR R4; a partner sees its own consents and disclosures, the data-protection
-officer's system every disclosure, and the read is logged; bad searches are 400 and 404 problems; `broker export
-fhir` writes a validating Bundle per person. And the consent as an ISO/IEC TS 27560 record, which states the same
-terms as the consent and verifies signed."""
+officer's system every disclosure, and the read is logged; bad searches are 400 and 404 problems; every `fullUrl` of
+a search reads back the same resource, with the search's visibility; the capability statement is public and says
+what the server does; `broker export fhir` writes a validating Bundle per person. And the consent as an ISO/IEC TS
+27560 record, which states the same terms as the consent and verifies signed."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from broker.demo import DPO_PARTNER, ORGANISATIONS, seed
 from broker.domain.clock import FixedClock, utc
 from broker.services import fhir
 from broker.services.sequencer import Sequencer
-from tests.fhir_r4 import validate_bundle
+from tests.fhir_r4 import validate_audit_event, validate_bundle, validate_capability_statement, validate_consent
 from tests.support import ROOT, Env
 
 PARTNERS = [org for org, *_ in ORGANISATIONS]
@@ -295,6 +296,184 @@ def test_consents_need_scope_consents_and_audit_events_audit_read_or_disclosures
     token = demo.env.token("kisalli", scope="disclosures")
     allowed = demo.env.client.get(path, headers=demo.env.token_headers(token, "GET", path))
     assert allowed.status_code == 200 and allowed.mimetype == "application/fhir+json"
+
+
+# --- reading by id (R4 http.html#read) ------------------------------------------------------------------------------
+
+
+def read(demo: Demo, org: str, url: str, **kwargs: Any) -> Any:
+    """GET an absolute URL the broker gave (a `fullUrl`) as `org`."""
+    issuer = demo.broker.settings.issuer
+    assert url.startswith(issuer + "/api/v1/fhir/"), url
+    return demo.env.call(org, "GET", url.removeprefix(issuer), **kwargs)
+
+
+def audit_queries(demo: Demo) -> list[dict[str, Any]]:
+    with demo.broker.uow(write=False) as uow:
+        entries = uow.session.scalars(
+            select(AuditEntryRow.entry).where(AuditEntryRow.event == "audit:query").order_by(AuditEntryRow.id)
+        )
+        return [json.loads(bytes(e)) for e in entries]
+
+
+def test_every_full_url_of_a_search_reads_back_the_same_resource(demo: Demo) -> None:
+    validators = {"Consent": validate_consent, "AuditEvent": validate_audit_event}
+    searches = [(org, "Consent") for org in PARTNERS] + [(org, "AuditEvent") for org in (*PARTNERS, DPO_PARTNER)]
+    read_back = 0
+    for person_id in demo.persons.values():
+        for org, resource_type in searches:
+            for entry in demo.fhir(org, resource_type, person_id).get("entry", []):
+                response = read(demo, org, entry["fullUrl"])
+                assert response.status_code == 200, response.get_data(as_text=True)
+                assert response.mimetype == "application/fhir+json"
+                assert response.get_json() == entry["resource"], entry["fullUrl"]
+                validators[resource_type](response.get_json())
+                read_back += 1
+    assert read_back >= 10  # the demo's consents and disclosures, seen by each of those they concern
+
+
+def test_a_consent_is_read_by_the_organisations_named_in_it_and_is_404_to_the_others(demo: Demo) -> None:
+    [row] = consents_of(demo, demo.persons["mikko"])
+    path = f"/fhir/Consent/{fhir.fhir_id(row.id)}"
+    for org in PARTNERS:
+        response = demo.env.get(org, path)
+        if org in (row.requester_org, *row.recipients):
+            assert response.status_code == 200, org
+            assert fhir.broker_id(response.get_json()["id"]) == row.id
+        else:
+            # Not named in it: the same answer as for a consent that does not exist, so nothing is revealed.
+            missing = demo.env.get(org, "/fhir/Consent/con-" + "0" * 32)
+            assert response.status_code == missing.status_code == 404, org
+            assert response.mimetype == "application/problem+json"
+            assert response.get_json()["code"] == missing.get_json()["code"] == "unknown_consent"
+
+
+def test_a_consent_read_carries_its_version_as_etag_and_its_last_change(demo: Demo) -> None:
+    [row] = consents_of(demo, demo.persons["sari"])  # withdrawn: version 2
+    response = demo.env.get("kisalli", f"/fhir/Consent/{fhir.fhir_id(row.id)}")
+    resource = response.get_json()
+    assert response.headers["ETag"] == 'W/"2"' == f'W/"{resource["meta"]["versionId"]}"'
+    assert response.last_modified == utc(row.withdrawn_at).replace(microsecond=0)
+    assert response.headers["Cache-Control"] == "no-store"  # personal data: never cached
+
+
+def test_an_audit_event_is_read_as_the_search_shows_it(demo: Demo) -> None:
+    mikko = demo.persons["mikko"]
+    rows = disclosures_of(demo, mikko)
+    assert rows
+    for row in rows:
+        path = f"/fhir/AuditEvent/{fhir.fhir_id(row.id)}"
+        assert demo.env.get(DPO_PARTNER, path).status_code == 200  # the DPO's system reads every one
+        for org in PARTNERS:
+            response = demo.env.get(org, path)
+            visible = org in (row.recipient_org, row.partner)
+            assert response.status_code == (200 if visible else 404), (org, row.id)
+            if not visible:
+                assert response.get_json()["code"] == "not_found"
+
+
+def test_reading_an_audit_event_is_logged_and_a_miss_or_a_consent_read_is_not(demo: Demo) -> None:
+    mikko = demo.persons["mikko"]
+    [row] = [r for r in disclosures_of(demo, mikko) if r.recipient_org == "varha-health"]
+    resource_id = fhir.fhir_id(row.id)
+    before = len(audit_queries(demo))
+    [consent] = consents_of(demo, mikko)
+    assert demo.env.get("kisalli", f"/fhir/Consent/{fhir.fhir_id(consent.id)}").status_code == 200
+    assert demo.env.get("kisalli", f"/fhir/AuditEvent/{resource_id}").status_code == 404  # not Kisälli's
+    assert demo.env.get(DPO_PARTNER, "/fhir/AuditEvent/dis-" + "0" * 32).status_code == 404
+    assert len(audit_queries(demo)) == before  # nothing of the log was read
+    assert demo.env.get("varha-health", f"/fhir/AuditEvent/{resource_id}").status_code == 200
+    assert demo.env.get(DPO_PARTNER, f"/fhir/AuditEvent/{resource_id}").status_code == 200
+    partner, dpo = audit_queries(demo)[before:]
+    for entry, scope in ((partner, "own"), (dpo, "all")):
+        assert entry["person_id"] == mikko
+        assert entry["detail"] == {
+            "surface": "fhir",
+            "filters": {"resource": "AuditEvent", "id": resource_id, "scope": scope},
+            "returned": 1,
+        }
+    assert partner["partner"] == "varha-health" and dpo["partner"] == DPO_PARTNER
+
+
+def test_a_read_by_the_brokers_own_id_is_404_naming_the_fhir_id(demo: Demo) -> None:
+    [row] = consents_of(demo, demo.persons["mikko"])
+    response = demo.env.get("kisalli", f"/fhir/Consent/{row.id}")
+    assert response.status_code == 404 and response.get_json()["code"] == "unknown_consent"
+    assert fhir.fhir_id(row.id) in response.get_json()["detail"]
+    for resource_id in ("somebody", "con-" + "3" * 31, fhir.fhir_id(row.id).upper()):
+        assert demo.env.get("kisalli", f"/fhir/Consent/{resource_id}").status_code == 404, resource_id
+
+
+def test_reads_need_the_searches_scopes(demo: Demo) -> None:
+    [consent] = consents_of(demo, demo.persons["mikko"])
+    disclosure = next(r for r in disclosures_of(demo, demo.persons["mikko"]) if r.partner == "kisalli")
+    refused = demo.env.get(DPO_PARTNER, f"/fhir/Consent/{fhir.fhir_id(consent.id)}")
+    assert refused.status_code == 403 and refused.get_json()["code"] == "insufficient_scope"
+    path = f"/api/v1/fhir/AuditEvent/{fhir.fhir_id(disclosure.id)}"
+    token = demo.env.token("kisalli", scope="persons consents")
+    refused = demo.env.client.get(path, headers=demo.env.token_headers(token, "GET", path))
+    assert refused.status_code == 403 and 'scope="audit:read disclosures"' in refused.headers["WWW-Authenticate"]
+    token = demo.env.token("kisalli", scope="disclosures")
+    assert demo.env.client.get(path, headers=demo.env.token_headers(token, "GET", path)).status_code == 200
+    assert demo.env.call(None, "GET", path).status_code == 401
+
+
+def test_errors_are_problem_documents_even_to_a_client_asking_for_fhir(demo: Demo) -> None:
+    # docs/api.md, "FHIR": one error format for the whole API, which the broker's own client relies on.
+    fhir_json = {"Accept": "application/fhir+json"}
+    for org, path, status in (
+        ("kisalli", "/fhir/Consent/con-" + "0" * 32, 404),
+        (None, "/fhir/AuditEvent/dis-" + "0" * 32, 401),
+        ("kisalli", "/fhir/Consent?patient=", 400),
+    ):
+        response = demo.env.get(org, path, headers=fhir_json)
+        assert response.status_code == status and response.mimetype == "application/problem+json", path
+        assert response.get_json()["code"]
+
+
+# --- the capability statement (R4 http.html#capabilities) ----------------------------------------------------------
+
+
+def test_the_capability_statement_is_public_valid_and_cacheable(demo: Demo) -> None:
+    response = demo.env.client.get("/api/v1/fhir/metadata")
+    assert response.status_code == 200 and response.mimetype == "application/fhir+json"
+    assert response.headers["Cache-Control"] == "public, max-age=300"
+    statement = response.get_json()
+    validate_capability_statement(statement)
+    assert (statement["kind"], statement["fhirVersion"], statement["format"]) == ("instance", "4.0.1", ["json"])
+    # A token, even a bad one, is not looked at: the statement is what a client reads to learn how to get one.
+    for authorization in (f"DPoP {demo.env.token('kisalli')}", "Bearer not-a-token"):
+        again = demo.env.client.get("/api/v1/fhir/metadata", headers={"Authorization": authorization})
+        assert again.status_code == 200 and again.get_json() == statement
+
+
+def test_the_capability_statement_names_the_real_token_endpoint_and_base(demo: Demo) -> None:
+    statement = demo.env.client.get("/api/v1/fhir/metadata").get_json()
+    oauth = demo.env.client.get("/.well-known/oauth-authorization-server").get_json()
+    [rest] = statement["rest"]
+    assert oauth["token_endpoint"] in rest["security"]["description"]
+    assert "private_key_jwt" in oauth["token_endpoint_auth_methods_supported"]
+    base = statement["implementation"]["url"]
+    assert base == demo.broker.settings.issuer + "/api/v1/fhir"
+    mikko = demo.persons["mikko"]
+    [entry] = demo.fhir("kisalli", "Consent", mikko)["entry"]
+    assert entry["fullUrl"] == f"{base}/Consent/{entry['resource']['id']}"
+
+
+def test_the_capability_statement_and_the_api_document_agree_on_the_fhir_interactions(demo: Demo) -> None:
+    """What the statement claims is what the OpenAPI document has, and nothing more is served under the FHIR base."""
+    statement = demo.env.client.get("/api/v1/fhir/metadata").get_json()
+    claimed = {"/api/v1/fhir/metadata"}
+    for resource in statement["rest"][0]["resource"]:
+        for interaction in resource["interaction"]:
+            suffix = {"read": "/{resource_id}", "search-type": ""}[interaction["code"]]
+            claimed.add(f"/api/v1/fhir/{resource['type']}{suffix}")
+    document = demo.env.client.get("/api/v1/openapi.json").get_json()
+    served = {path for path in document["paths"] if path.startswith("/api/v1/fhir/")}
+    assert served == claimed
+    methods = {"get", "put", "post", "patch", "delete"}
+    assert all(set(document["paths"][path]) & methods == {"get"} for path in served)  # read-only
+    assert document["paths"]["/api/v1/fhir/metadata"]["get"]["security"] == []
 
 
 # --- the export ----------------------------------------------------------------------------------------------------

@@ -23,7 +23,12 @@ from schemas.records.examples import EXAMPLES
 from tests.support import Env, make_env, new_hetu
 
 # Public, identical for everyone, no personal data: the only responses a cache may keep.
-CACHEABLE = ("/.well-known/oauth-authorization-server", "/.well-known/jwks.json", "/portal/static/portal.css")
+CACHEABLE = (
+    "/.well-known/oauth-authorization-server",
+    "/.well-known/jwks.json",
+    "/api/v1/fhir/metadata",
+    "/portal/static/portal.css",
+)
 STACK_MARKERS = ("Traceback", 'File "', ".py", "RuntimeError")
 
 

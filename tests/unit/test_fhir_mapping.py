@@ -17,6 +17,8 @@ from broker.services.fhir import (
     DisclosureContext,
     Names,
     audit_event_resource,
+    broker_id,
+    capability_statement,
     collection,
     consent_resource,
     consent_state,
@@ -27,7 +29,13 @@ from broker.services.fhir import (
     special_categories,
 )
 from policies import load_policy
-from tests.fhir_r4 import CONSENT_STATE, validate_audit_event, validate_bundle, validate_consent
+from tests.fhir_r4 import (
+    CONSENT_STATE,
+    validate_audit_event,
+    validate_bundle,
+    validate_capability_statement,
+    validate_consent,
+)
 
 NOW = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
 ISSUER = "https://broker.example"
@@ -463,3 +471,89 @@ def test_an_export_is_a_collection_with_the_patient() -> None:
         "id": "per-" + "1" * 32,
         "identifier": [{"system": f"{ISSUER}/fhir/NamingSystem/person-id", "value": PERSON}],
     }
+
+
+# --- reading by id -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broker_value", [CONSENT_ID, DISCLOSURE_ID, "not_" + "a" * 32])
+def test_a_resources_fhir_id_leads_back_to_the_brokers_id(broker_value: str) -> None:
+    assert broker_id(fhir_id(broker_value)) == broker_value
+
+
+@pytest.mark.parametrize(
+    "resource_id",
+    [
+        CONSENT_ID,  # the broker's own id: a FHIR id cannot hold "_"
+        "con-" + "3" * 31,
+        "con-" + "3" * 33,
+        "con-" + "A" * 32,  # the broker's ids are lower-case hex
+        "Consent/con-" + "3" * 32,
+        "varha-health",
+        "",
+    ],
+)
+def test_an_id_the_broker_never_gives_names_no_resource(resource_id: str) -> None:
+    assert broker_id(resource_id) is None
+
+
+# --- the capability statement ------------------------------------------------------------------------------------
+
+TOKEN_ENDPOINT = f"{ISSUER}/oauth/token"
+SERVER_METADATA = f"{ISSUER}/.well-known/oauth-authorization-server"
+
+
+def statement(version: str | None = "1.2.3") -> dict[str, Any]:
+    found = capability_statement(
+        NAMES, token_endpoint=TOKEN_ENDPOINT, server_metadata=SERVER_METADATA, software_version=version
+    )
+    validate_capability_statement(found)
+    return found
+
+
+def test_the_capability_statement_describes_this_r4_json_server() -> None:
+    found = statement()
+    assert found["resourceType"] == "CapabilityStatement" and found["status"] == "active"
+    assert (found["kind"], found["fhirVersion"], found["format"]) == ("instance", "4.0.1", ["json"])
+    assert found["implementation"]["url"] == f"{ISSUER}/api/v1/fhir" == NAMES.base
+    assert found["url"] == f"{ISSUER}/api/v1/fhir/metadata"
+    assert found["software"] == {"name": "Consent Broker", "version": "1.2.3"} and found["version"] == "1.2.3"
+    [rest] = found["rest"]
+    assert rest["mode"] == "server"
+
+
+def test_each_resource_is_read_and_searched_by_patient() -> None:
+    [rest] = statement()["rest"]
+    by_type = {resource["type"]: resource for resource in rest["resource"]}
+    assert list(by_type) == ["Consent", "AuditEvent"]
+    for resource in by_type.values():
+        assert [i["code"] for i in resource["interaction"]] == ["read", "search-type"]
+        [parameter] = resource["searchParam"]
+        assert (parameter["name"], parameter["type"]) == ("patient", "reference")
+    assert by_type["Consent"]["searchParam"][0]["definition"] == "http://hl7.org/fhir/SearchParameter/clinical-patient"
+    assert by_type["AuditEvent"]["searchParam"][0]["definition"] == (
+        "http://hl7.org/fhir/SearchParameter/AuditEvent-patient"
+    )
+    # A Consent's meta.versionId is its version; an AuditEvent has none.
+    assert (by_type["Consent"]["versioning"], by_type["AuditEvent"]["versioning"]) == ("versioned", "no-version")
+
+
+def test_the_security_is_oauth_with_private_key_jwt_and_dpop() -> None:
+    [rest] = statement()["rest"]
+    security = rest["security"]
+    assert security["cors"] is False  # the broker sends no CORS headers: browsers' pages cannot call it
+    [service] = security["service"]
+    assert service["coding"] == [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "OAuth",
+            "display": "OAuth",
+        }
+    ]
+    for named in ("private_key_jwt", "DPoP", "RFC 9449", "RFC 7523", TOKEN_ENDPOINT, SERVER_METADATA):
+        assert named in security["description"], named
+
+
+def test_without_a_known_version_the_statement_names_none() -> None:
+    found = statement(version=None)
+    assert "version" not in found and found["software"] == {"name": "Consent Broker"}
