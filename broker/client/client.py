@@ -708,6 +708,19 @@ class BrokerClient:
         bundle: dict[str, Any] = self.get(f"{API}/fhir/AuditEvent", params={"patient": patient}, accept=FHIR_JSON)
         return bundle
 
+    def fhir_read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """One FHIR R4 resource by its FHIR id (`Consent`, `con-…`; `AuditEvent`, `dis-…` or `not-…`), as a search
+        Bundle's `fullUrl` names it (FHIR R4 http.html#read)."""
+        if resource_type not in ("Consent", "AuditEvent"):
+            raise ValueError(f"the broker serves Consent and AuditEvent, not {resource_type!r}")
+        resource: dict[str, Any] = self.get(f"{API}/fhir/{resource_type}/{_segment(resource_id)}", accept=FHIR_JSON)
+        return resource
+
+    def fhir_capabilities(self) -> dict[str, Any]:
+        """The broker's FHIR CapabilityStatement (GET /api/v1/fhir/metadata, FHIR R4 http.html#capabilities)."""
+        statement: dict[str, Any] = self.get(f"{API}/fhir/metadata", accept=FHIR_JSON)
+        return statement
+
     # --- events pushed to the partner ---
 
     def jwks(self) -> dict[str, Any]:

@@ -266,3 +266,24 @@ def test_a_webhooks_signed_test_event_is_verified_by_the_client(
     finally:
         kisalli.delete_webhook(webhook["webhook_id"])
     assert kisalli.get_webhook(webhook["webhook_id"])["active"] is False
+
+
+def test_fhir_searches_reads_and_capabilities_through_the_client(
+    kisalli: BrokerClient, health: BrokerClient, consented: dict[str, str]
+) -> None:
+    capabilities = kisalli.fhir_capabilities()
+    assert (capabilities["resourceType"], capabilities["fhirVersion"]) == ("CapabilityStatement", "4.0.1")
+    bundle = kisalli.fhir_consents(consented["person_id"])
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset" and bundle["entry"]
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        assert entry["fullUrl"].endswith(f"/fhir/Consent/{resource['id']}")
+        assert kisalli.fhir_read("Consent", resource["id"]) == resource
+    events = health.fhir_audit_events(consented["person_id"])
+    assert events["entry"], "the health centre's disclosures above are its AuditEvents"
+    first = events["entry"][0]["resource"]
+    assert health.fhir_read("AuditEvent", first["id"]) == first
+    with pytest.raises(NotFoundError):
+        kisalli.fhir_read("Consent", "con-does-not-exist")
+    with pytest.raises(ValueError, match="Patient"):
+        kisalli.fhir_read("Patient", consented["person_id"])
