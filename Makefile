@@ -119,15 +119,16 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	@touch $(BENCH_STAMP)
 
 .PHONY: bench bench-http bench-scale bench-scaling bench-plots bench-tools
-bench bench-http bench-scale bench-scaling: export BROKER_BENCH_POSTGRES_URL ?= $(BENCH_POSTGRES_DEFAULT)
+bench bench-http bench-scale bench-scaling bench-webhooks: export BROKER_BENCH_POSTGRES_URL ?= $(BENCH_POSTGRES_DEFAULT)
 
-bench: $(STAMP) $(MO) ## all of issue #7's benchmarks in sequence (HTTP, scale, scaling, policy, audit, portal), then the plots
+bench: $(STAMP) $(MO) ## every benchmark in sequence (HTTP, scale, scaling, policy, audit, portal, webhooks), then the plots
 	$(MAKE) bench-http
 	$(MAKE) bench-scale
 	$(MAKE) bench-scaling
 	$(MAKE) bench-policy
 	$(MAKE) bench-audit
 	$(MAKE) bench-portal
+	$(MAKE) bench-webhooks
 	$(MAKE) bench-plots
 
 bench-tools: $(STAMP)
@@ -148,6 +149,10 @@ bench-plots: $(BENCH_STAMP) ## SVG plots of the newest HTTP, scale and scaling r
 
 bench-policy: $(STAMP) ## decide() next to cedarpy: p50/p99 and decisions/s with 1, 100 and 10,000 consents
 	$(BIN)/python -m bench.policy
+
+.PHONY: bench-webhooks
+bench-webhooks: $(STAMP) bench-tools ## partner events: deliveries a second by one worker, CPU per delivery, send latency (SQLite, PostgreSQL)
+	$(BIN)/python -m bench.webhooks
 
 .PHONY: bench-audit
 bench-audit: $(STAMP) ## audit log: offline verification of 1,000,000 entries, proofs at 1,000,000, sequencer rate
