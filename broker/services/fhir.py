@@ -283,7 +283,7 @@ def consent_resource(
         {"url": names.extension("written"), "valueBoolean": consent.written},
     ]
     if consent.bound_to_org is not None:
-        # It ends with this organisation's service relationship (and rests while there is none).
+        # It ends with this organisation's service relationship (one given before the relationship began waits for it).
         extensions.append(
             {
                 "url": names.extension("bound-to-relationship"),
