@@ -37,9 +37,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     # The demo is a whole deployment on one machine: beside the web processes, a worker that pushes partner events to
     # the endpoints registered (loopback http is allowed in demo mode) and runs the scheduled jobs every minute.
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "broker.cli", "worker"], env={**os.environ, "BROKER_MODE": "demo"}
-    )
+    worker = subprocess.Popen([sys.executable, "-m", "broker.cli", "worker"], env={**os.environ, "BROKER_MODE": "demo"})
     try:
         return _serve(settings, args.host, args.port, workers=args.workers)
     finally:
