@@ -33,7 +33,7 @@ from broker.adapters.signing import sign_jws
 from broker.domain.clock import utc
 from broker.domain.model import Caller
 from broker.services import Broker
-from broker.services.consents import _visible_consent
+from broker.services.consents import documented_consent
 from broker.services.fhir import instant, special_categories
 
 #: The version of this profile of ISO/IEC TS 27560:2023; changed whenever a member changes meaning.
@@ -197,11 +197,7 @@ def consent_record(broker: Broker, caller: Caller, consent_id: str) -> dict[str,
     requester or recipient (404 otherwise), and the same record signed with the broker's Ed25519 key (verifiable
     with /.well-known/jwks.json)."""
     with broker.uow(write=False) as uow:
-        consent = _visible_consent(uow, caller, consent_id)
-        text = uow.session.get(ConsentTextRow, consent.text_sha256)
-        events = uow.session.scalars(
-            select(ConsentEventRow).where(ConsentEventRow.consent_id == consent.id).order_by(ConsentEventRow.id)
-        ).all()
+        consent, text, events = documented_consent(uow, caller, consent_id)
         organisations = {
             row.id: (row.name, row.org_type)
             for row in uow.session.execute(select(OrganisationRow.id, OrganisationRow.name, OrganisationRow.org_type))

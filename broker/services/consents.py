@@ -375,15 +375,25 @@ def list_consents(broker: Broker, caller: Caller, person_id: str) -> list[dict[s
         return [consent_view(row) for row in rows if _involves(row, caller.organisation_id)]
 
 
+def documented_consent(
+    uow: UnitOfWork, caller: Caller, consent_id: str
+) -> tuple[ConsentRow, ConsentTextRow | None, list[ConsentEventRow]]:
+    """What a document about a consent shows (the signed receipt, the ISO/IEC TS 27560 record): the consent, if the
+    caller's organisation is requester or recipient (404 otherwise), the text the person saw, and its history in
+    order."""
+    consent = _visible_consent(uow, caller, consent_id)
+    text = uow.session.get(ConsentTextRow, consent.text_sha256)
+    events = uow.session.scalars(
+        select(ConsentEventRow).where(ConsentEventRow.consent_id == consent.id).order_by(ConsentEventRow.id)
+    ).all()
+    return consent, text, list(events)
+
+
 def consent_receipt(broker: Broker, caller: Caller, consent_id: str) -> str:
     """A consent receipt: the consent's terms and history, signed as a compact JWS with the broker's Ed25519
     key (verifiable with /.well-known/jwks.json)."""
     with broker.uow(write=False) as uow:
-        consent = _visible_consent(uow, caller, consent_id)
-        text = uow.session.get(ConsentTextRow, consent.text_sha256)
-        events = uow.session.scalars(
-            select(ConsentEventRow).where(ConsentEventRow.consent_id == consent.id).order_by(ConsentEventRow.id)
-        ).all()
+        consent, text, events = documented_consent(uow, caller, consent_id)
         payload = {
             "iss": broker.settings.issuer,
             "iat": int(broker.clock.now().timestamp()),
