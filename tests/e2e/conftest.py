@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 import requests
 
+from broker.client import BrokerClient
 from tests.support import create_demo_instance, free_port
 
 if TYPE_CHECKING:
@@ -80,6 +81,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             server.kill()
             server.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def kisalli(served: Served) -> Iterator[BrokerClient]:
+    """Kisälli's system, through the partner client (broker/client)."""
+    with BrokerClient.from_demo(served.instance, "kisalli") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def health(served: Served) -> Iterator[BrokerClient]:
+    """The health centre's system, through the partner client."""
+    with BrokerClient.from_demo(served.instance, "varha-health") as client:
+        yield client
 
 
 def partner_session(served: Served, client_id: str) -> OAuth2Session:

@@ -31,18 +31,6 @@ WORK = ("work_assessment", "work_capacity_assessment")
 
 
 @pytest.fixture(scope="module")
-def kisalli(served: Served) -> Iterator[BrokerClient]:
-    with BrokerClient.from_demo(served.instance, "kisalli") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def health(served: Served) -> Iterator[BrokerClient]:
-    with BrokerClient.from_demo(served.instance, "varha-health") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def consented(kisalli: BrokerClient, health: BrokerClient) -> dict[str, str]:
     """A new person whom Kisälli and the health centre serve, a consent to disclose the work assessment to the
     health centre, and the assessment deposited."""

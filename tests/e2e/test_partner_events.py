@@ -70,18 +70,6 @@ class PartnerReceiver:
 
 
 @pytest.fixture(scope="module")
-def health(served: Served) -> Iterator[BrokerClient]:
-    with BrokerClient.from_demo(served.instance, "varha-health") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def kisalli(served: Served) -> Iterator[BrokerClient]:
-    with BrokerClient.from_demo(served.instance, "kisalli") as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def receiver(health: BrokerClient) -> Iterator[tuple[PartnerReceiver, str]]:
     partner = PartnerReceiver(health)
 
