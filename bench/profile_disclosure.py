@@ -65,12 +65,30 @@ def measure_lock(write_lock: Any) -> LockTimes:
     return times
 
 
+def server_cpu_ns() -> int:
+    """CPU time of every PostgreSQL server process on this machine so far (backends, WAL writer, …), from /proc:
+    what a disclosure costs the database server when it runs beside the broker. 0 where /proc has none."""
+    total = 0
+    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition(") ")
+        if name.endswith("(postgres"):
+            fields = rest.split()
+            total += (int(fields[11]) + int(fields[12])) * tick_ns  # utime, stime (proc(5))
+    return total
+
+
 @dataclass
 class Round:
     n: int
     wall_ns: int
     cpu_ns: int
     lock: LockTimes
+    server_ns: int = 0
 
     def per_request_us(self) -> dict[str, float]:
         return {
@@ -79,10 +97,16 @@ class Round:
             "lock_wall": self.lock.wall_ns / self.n / 1000,
             "lock_cpu": self.lock.cpu_ns / self.n / 1000,
             "lock_holds": self.lock.holds / self.n,
+            "server_cpu": self.server_ns / self.n / 1000,
         }
 
 
 def report(label: str, figures: dict[str, float]) -> str:
+    if figures.get("server_cpu"):
+        return (
+            f"{label}: {figures['wall']:.0f} µs wall, {figures['cpu']:.0f} µs CPU per request; PostgreSQL's "
+            f"processes {figures['server_cpu']:.0f} µs CPU"
+        )
     return (
         f"{label}: {figures['wall']:.0f} µs wall, {figures['cpu']:.0f} µs CPU per request; write lock held "
         f"{figures['lock_wall']:.0f} µs wall, {figures['lock_cpu']:.0f} µs CPU ({figures['lock_holds']:.2f} holds)"
@@ -102,10 +126,34 @@ def main(argv: list[str] | None = None) -> int:
         help="profile with cProfile instead (deterministic, every call) and print the N costliest functions by "
         "own time, then by cumulative time",
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run on a fresh PostgreSQL database on this server (created and dropped) instead of SQLite",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="print the statements one disclosure sends to the database driver (and the connection checkouts), "
+        "then stop",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="broker-profile-"))
-    try:
+    with contextlib.ExitStack() as stack:
+        database_url = None
+        if args.postgres:
+            from bench.harness import scratch_database
+
+            database_url = stack.enter_context(scratch_database(args.postgres, "profile"))
+        try:
+            return _profile(args, workdir, database_url)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _profile(args: argparse.Namespace, workdir: Path, database_url: str | None) -> int:
+    if True:
         os.environ.update(
             BROKER_MODE="demo",
             BROKER_INSTANCE_PATH=str(workdir / "instance"),
@@ -115,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             BROKER_DPOP_MAX_AGE="600",
         )
         os.environ["BROKER_RATE_LIMITS"] = "off"  # thousands of disclosures by one partner, by design
-        os.environ.pop("BROKER_DATABASE_URL", None)
+        if database_url:
+            os.environ["BROKER_DATABASE_URL"] = database_url
+        else:
+            os.environ.pop("BROKER_DATABASE_URL", None)
 
         from broker.app import create_app
         from broker.config import Settings
@@ -168,12 +219,23 @@ def main(argv: list[str] | None = None) -> int:
             if not signed:
                 sign(n)
             lock.holds = lock.wall_ns = lock.cpu_ns = 0
+            server = server_cpu_ns() if database_url else 0
             wall, cpu = time.perf_counter_ns(), time.process_time_ns()
             run(n)
-            return Round(n, time.perf_counter_ns() - wall, time.process_time_ns() - cpu, LockTimes(**vars(lock)))
+            wall, cpu = time.perf_counter_ns() - wall, time.process_time_ns() - cpu
+            server = server_cpu_ns() - server if database_url else 0
+            return Round(n, wall, cpu, LockTimes(**vars(lock)), server)
 
         sign(50)
         run(50)  # warm-up
+        if args.trace:
+            with trace_driver(broker.db.engine) as statements:
+                sign(1)
+                run(1)
+            for line in statements:
+                print(line)
+            print(f"{sum(not s.startswith('--') for s in statements)} statements")
+            return 0
         if args.no_profile:
             rounds = [timed_round(args.n).per_request_us() for _ in range(args.rounds)]
             for i, figures in enumerate(rounds, 1):
@@ -207,8 +269,54 @@ def main(argv: list[str] | None = None) -> int:
             args.html.write_text(profiler.output_html())
         print(report(f"{args.n} disclosures, under the profiler", measured.per_request_us()))
         return 0
+
+
+@contextlib.contextmanager
+def trace_driver(engine: Any) -> Iterator[list[str]]:
+    """Every statement sent to the driver while inside (whether through SQLAlchemy or `Prepared`, which calls the
+    driver's cursor itself), in order, with the pool's checkouts and SQLAlchemy's transaction events marked."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    patched: list[tuple[type, str, Any]] = []
+
+    def wrap(cls: type, name: str) -> None:
+        original = getattr(cls, name)
+
+        def traced(self: Any, query: Any, *rest: Any, **kw: Any) -> Any:
+            text = query.decode() if isinstance(query, bytes) else query
+            text = text if isinstance(text, str) else getattr(text, "as_string", lambda _c=None: repr(text))()
+            seen.append(" ".join(str(text).split())[:160])
+            return original(self, query, *rest, **kw)
+
+        patched.append((cls, name, original))
+        setattr(cls, name, traced)
+
+    if engine.dialect.name == "sqlite":
+        import sqlite3
+
+        # sqlite3's types cannot be patched: the connections are wrapped by a trace callback instead.
+        def on_checkout(dbapi_connection: Any, *_: Any) -> None:
+            seen.append("-- checkout")
+            dbapi_connection.set_trace_callback(lambda sql: seen.append(" ".join(sql.split())[:160]))
+
+        event.listen(engine, "checkout", on_checkout)
+        del sqlite3
+    else:
+        import psycopg
+        from psycopg._connection_base import BaseConnection
+
+        wrap(psycopg.Cursor, "execute")
+        wrap(psycopg.Connection, "execute")
+        wrap(BaseConnection, "_exec_command")  # BEGIN, COMMIT, ROLLBACK: psycopg's own round trips
+        event.listen(engine, "checkout", lambda *_: seen.append("-- checkout"))
+    try:
+        yield seen
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        for cls, name, original in patched:
+            setattr(cls, name, original)
+        if engine.dialect.name == "sqlite":
+            event.remove(engine, "checkout", on_checkout)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def authenticate_request(
     transaction of its own) only once the token, its binding and its scope have passed.
 
     Reads in `session` when one is given (the caller's transaction), otherwise on a connection of its own: a
-    single read that needs no ORM session (and, on SQLite, never waits for the write lock).
+    single statement that needs no ORM session or transaction (and, on SQLite, never waits for the write lock).
     Raises `MissingTokenError` / `InvalidTokenError` / `ResourceDpopProofError` (401) or
     `InsufficientScopeError` (403)."""
     caller, proof = check_request(broker, authorization_header, required_scope, dpop=dpop, session=session)
@@ -144,7 +144,7 @@ def check_request(
     if session is not None:
         caller = _caller_for(session, token, proof, required_scope, now)
     else:
-        with broker.db.engine.connect() as connection:
+        with broker.db.one_statement() as connection:
             caller = _caller_for(connection, token, proof, required_scope, now)
     return caller, proof
 

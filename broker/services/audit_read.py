@@ -12,14 +12,12 @@ it (audit_leaves); the final bytes that the leaf hashes are derived where they a
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import Select, select
 
 from audit.entry import place_index
 from audit.errors import AuditError
@@ -56,28 +54,13 @@ def latest_checkpoint(broker: Broker) -> dict[str, Any]:
     return view
 
 
-@contextlib.contextmanager
-def _one_statement(broker: Broker) -> Iterator[Connection]:
-    """A connection for a read that is a single statement. On PostgreSQL it runs outside a transaction: a
-    statement sees one snapshot of the database by itself, and the BEGIN and ROLLBACK of a read unit of work were
-    two more round trips to the server — about 0.4 of an inclusion proof's 0.9 ms (docs/benchmarks.md, "Audit
-    log"). SQLite's are calls within the process: there it is an ordinary read unit of work."""
-    if broker.db.sqlite:
-        with broker.uow(write=False) as uow:
-            yield uow.session.connection()
-        return
-    with broker.db.engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        yield connection
-
-
 def inclusion(broker: Broker, index: int, tree_size: int) -> dict[str, Any]:
     if tree_size < 1:
         raise InvalidRequestError("tree_size must be at least 1", field="tree_size")
     if index < 0 or index >= tree_size:
         raise InvalidRequestError(f"index must be between 0 and tree_size - 1 ({tree_size - 1})", field="index")
     wanted = [*inclusion_nodes(index, tree_size), (0, index)]
-    with _one_statement(broker) as connection:
+    with broker.db.one_statement() as connection:
         # The hashes and the log's size in one statement; the size is checked before the hashes are used.
         nodes, size = read_nodes_and_size(connection, wanted)
     if tree_size > size:
@@ -99,7 +82,7 @@ def consistency(broker: Broker, first: int, second: int) -> dict[str, Any]:
     if first < 1 or first > second:
         raise InvalidRequestError("first must be between 1 and second", field="first")
     wanted = consistency_nodes(first, second)
-    with _one_statement(broker) as connection:
+    with broker.db.one_statement() as connection:
         # As for inclusion: the hashes and the log's size in one statement, the size checked first.
         nodes, size = read_nodes_and_size(connection, wanted)
     if second > size:

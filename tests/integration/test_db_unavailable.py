@@ -376,6 +376,9 @@ def test_a_server_that_accepts_connections_but_never_answers_is_given_up_within_
         token = env.token("varha-health")
         assert token
         outage.relay.stall()  # type: ignore[union-attr]
+        # The pooled connection, in use a moment ago, is not pinged: its statement finds it reset, a 503 at once,
+        # and the pool is invalidated. The next request opens a new connection, to a server that never answers.
+        assert_unavailable_problem(*timed(lambda: env.get("varha-health", "/inbox")))
         response, seconds = timed(lambda: env.get("varha-health", "/inbox"))
         assert_unavailable_problem(response, seconds)
         assert seconds >= 1.5  # it was the connect timeout (libpq's 2 s at least) that ended the wait
@@ -545,3 +548,59 @@ def test_the_time_limits_come_from_the_environment_and_must_fit_inside_the_reque
         Settings.from_env(base | {"BROKER_DB_LOCK_TIMEOUT": "soon"})
     with pytest.raises(ConfigurationError, match=re.escape("BROKER_DB_CONNECT_TIMEOUT must be from 2 to 3600")):
         Settings.from_env(base | {"BROKER_DB_CONNECT_TIMEOUT": "1"})
+
+
+# -- pooled connections broken while idle ----------------------------------------------------------------------------
+
+
+def _backend_pid(engine: sqlalchemy.Engine) -> int:
+    with engine.connect() as connection:
+        pid = connection.execute(text("SELECT pg_backend_pid()")).scalar()
+        assert isinstance(pid, int)
+        return pid
+
+
+def _terminate(engine: sqlalchemy.Engine, pid: int) -> None:
+    with engine.connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.commit()
+
+
+@ON_POSTGRES
+def test_a_pooled_connection_broken_while_idle_is_replaced_at_checkout_without_an_error(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restart at night: the pool's connections are all broken, and the first request of the morning
+    must not pay for it. A connection idle longer than PING_AFTER_IDLE_SECONDS is pinged at checkout and replaced."""
+    from broker.adapters import database
+
+    db = Database(database_url, pool_size=2)
+    try:
+        broken = _backend_pid(db.engine)  # now idle in the pool
+        other = sqlalchemy.create_engine(database_url)
+        _terminate(other, broken)
+        other.dispose()
+        monkeypatch.setattr(database, "PING_AFTER_IDLE_SECONDS", 0.0)  # as if it had lain idle for a while
+        assert _backend_pid(db.engine) != broken  # no error: replaced at checkout
+    finally:
+        db.dispose()
+
+
+@ON_POSTGRES
+def test_a_connection_broken_while_in_use_fails_one_statement_as_an_outage_and_the_pool_recovers(
+    database_url: str,
+) -> None:
+    """Under load a pooled connection is not pinged (it was in use a moment ago): a connection broken since fails
+    its next statement as `connection_lost` (a 503 for a request), and the pool hands out a new one after it."""
+    db = Database(database_url, pool_size=2)
+    try:
+        broken = _backend_pid(db.engine)
+        other = sqlalchemy.create_engine(database_url)
+        _terminate(other, broken)
+        other.dispose()
+        with pytest.raises(sqlalchemy.exc.OperationalError) as lost, db.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        assert unavailability(lost.value) == "connection_lost"
+        assert _backend_pid(db.engine) != broken
+    finally:
+        db.dispose()
