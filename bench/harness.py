@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import resource
 import secrets
 import shutil
 import socket
@@ -461,7 +462,9 @@ def run_wrk(wrk: str, load: Load, url: str, env: dict[str, str], duration: int) 
         str(LUA),
         url,
     ]
+    before = cpu_sample()
     out = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    after = cpu_sample()
     line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH-JSON ")), None)
     if out.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
@@ -469,8 +472,36 @@ def run_wrk(wrk: str, load: Load, url: str, env: dict[str, str], duration: int) 
     non2xx = next((x for x in out.stdout.splitlines() if "Non-2xx" in x), None)
     result["non_2xx"] = int(non2xx.rsplit(":", 1)[1]) if non2xx else 0
     result["requests_per_s"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["cpu_us_per_request"] = {
+        name: round((after[name] - before[name]) / 1000 / max(1, result["requests"]), 1) for name in before
+    }
     result["command"] = " ".join(["wrk", *command[command.index(wrk) + 1 : -3], "-s", LUA.name, "URL"])
     return result
+
+
+def cpu_sample() -> dict[str, int]:
+    """CPU time used so far, in nanoseconds, by the whole machine (busy time in /proc/stat: every process, the
+    kernel, interrupts), by PostgreSQL's server processes (their /proc/PID/stat), and by this process's finished
+    children (wrk). Sampled around a wrk run, the differences per request say where a request's CPU goes:
+    `machine - postgres - wrk` is the servers' share (the broker's or the bare app's gunicorn, with the kernel's
+    work for their sockets), as nothing else runs during a benchmark."""
+    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    machine = (user + nice + system + irq + softirq + steal) * tick_ns
+    postgres = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition(") ")
+        if name.endswith("(postgres"):
+            parts = rest.split()
+            postgres += (int(parts[11]) + int(parts[12])) * tick_ns  # utime, stime (proc(5))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk = int((children.ru_utime + children.ru_stime) * 1e9)
+    return {"machine": machine, "postgres": postgres, "wrk": wrk}
 
 
 def proof_env(partner: Partner, token: str, expected: float, load: Load, path: Path) -> dict[str, str]:

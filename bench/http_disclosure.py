@@ -296,10 +296,13 @@ def run_backend(
                         result = plain_run(wrk, load, url, wrk_env)
                     runs[name].append(result)
                     latency = result["latency_us"]
+                    cpu = result["cpu_us_per_request"]
+                    servers = cpu["machine"] - cpu["postgres"] - cpu["wrk"]
                     print(
                         f"  round {round_no} {name:<12} {result['requests_per_s']:9.1f} req/s  "
                         f"p50 {latency['p50'] / 1000:7.2f} ms  p95 {latency['p95'] / 1000:7.2f} ms  "
-                        f"p99 {latency['p99'] / 1000:7.2f} ms  non-2xx {result['non_2xx']}"
+                        f"p99 {latency['p99'] / 1000:7.2f} ms  non-2xx {result['non_2xx']}  "
+                        f"CPU/request µs: servers {servers:.0f}, PostgreSQL {cpu['postgres']:.0f}, wrk {cpu['wrk']:.0f}"
                     )
         # After the servers have stopped: what was committed, and the whole log verified.
         committed = disclosures_since(db_url, mark)
