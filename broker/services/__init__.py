@@ -8,7 +8,7 @@ from typing import Any
 
 from broker.adapters.database import Database
 from broker.adapters.keystore import KeyStore
-from broker.adapters.uow import UnitOfWork, join_ambient
+from broker.adapters.uow import CoreUnitOfWork, UnitOfWork, join_ambient
 from broker.config import Settings
 from broker.domain.clock import Clock
 from policies import Policy
@@ -28,13 +28,16 @@ class Broker:
     # Small per-process caches that belong to this broker (e.g. when the log was last anchored, sequencer.py).
     runtime: dict[str, Any] = field(default_factory=dict)
 
-    def uow(self, *, write: bool = True) -> UnitOfWork:
+    def uow(self, *, write: bool = True, core: bool = False) -> UnitOfWork:
+        """The use case's unit of work. `core`: on a Core connection (`CoreUnitOfWork`), for a use case that runs
+        only prebuilt `Prepared` statements."""
         # Inside an ambient unit of work (an Idempotency-Key request, broker/services/idempotency.py) the use
         # case joins it, so that its writes and the stored response commit together.
         joined = join_ambient(self.db)
         if joined is not None:
             return joined
-        return UnitOfWork(self.db, write=write, decision_lock=self.settings.decision_lock)
+        unit = CoreUnitOfWork if core else UnitOfWork
+        return unit(self.db, write=write, decision_lock=self.settings.decision_lock)
 
 
 def new_id(prefix: str) -> str:

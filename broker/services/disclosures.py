@@ -121,7 +121,7 @@ def decision_view(decision: Decision) -> dict[str, Any]:
 
 def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[str, Any]:
     _validate(broker, ask)
-    with broker.uow() as uow:
+    with broker.uow(core=True) as uow:
         require_anchored(broker, uow)
         now = broker.clock.now()
         facts = load_facts(uow, ask.person_id, now)
@@ -264,7 +264,7 @@ def query_decision(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[s
     """A dry run: would the request be permitted, on what basis? Audited; discloses nothing, and does not
     reveal whether the person has records of the category."""
     _validate(broker, ask)
-    with broker.uow() as uow:
+    with broker.uow(core=True) as uow:
         now = broker.clock.now()
         facts = load_facts(uow, ask.person_id, now)
         decision = decide(_request(caller, ask, None, None), facts, broker.policy, now)

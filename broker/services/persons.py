@@ -39,6 +39,9 @@ _ACTIVE_RELATIONSHIP_ORGS = Prepared(
         _RELATIONSHIPS.c.person_id == bindparam("person_id"), _RELATIONSHIPS.c.ended_at.is_(None)
     )
 )
+_ORGANISATION_TYPE = Prepared(
+    select(OrganisationRow.__table__.c.org_type).where(OrganisationRow.__table__.c.id == bindparam("id"))
+)
 _MANDATES_OF_PERSON = Prepared(
     select(_REPRESENTATIONS.c.mandate, _REPRESENTATIONS.c.valid_from, _REPRESENTATIONS.c.valid_until).where(
         _REPRESENTATIONS.c.person_id == bindparam("person_id")
@@ -397,7 +400,7 @@ def organisation_type(broker: Broker, uow: UnitOfWork, organisation_id: str) -> 
     """An organisation's type. Types never change once registered, so they are cached per process."""
     cached = broker.org_types.get(organisation_id)
     if cached is None:
-        row = uow.session.get(OrganisationRow, organisation_id)
+        row = _ORGANISATION_TYPE.first(uow.session, {"id": organisation_id})
         if row is None:
             return None
         cached = broker.org_types[organisation_id] = row.org_type
