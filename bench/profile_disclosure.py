@@ -66,20 +66,11 @@ def measure_lock(write_lock: Any) -> LockTimes:
 
 
 def server_cpu_ns() -> int:
-    """CPU time of every PostgreSQL server process on this machine so far (backends, WAL writer, …), from /proc:
-    what a disclosure costs the database server when it runs beside the broker. 0 where /proc has none."""
-    total = 0
-    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name, _, rest = text.partition(") ")
-        if name.endswith("(postgres"):
-            fields = rest.split()
-            total += (int(fields[11]) + int(fields[12])) * tick_ns  # utime, stime (proc(5))
-    return total
+    """CPU time of every PostgreSQL server process on this machine so far (backends, WAL writer, …): what a
+    disclosure costs the database server when it runs beside the broker."""
+    from bench.harness import cpu_sample
+
+    return cpu_sample()["postgres"]
 
 
 @dataclass
@@ -229,7 +220,7 @@ def _profile(args: argparse.Namespace, workdir: Path, database_url: str | None) 
         sign(50)
         run(50)  # warm-up
         if args.trace:
-            wal = wal_frames(broker.db.engine) if not database_url else None
+            wal = WalFrames(broker.db.engine) if not database_url else None
             sign(1)
             with trace_driver(broker.db.engine) as statements:
                 if wal is not None:
@@ -298,7 +289,7 @@ def print_by_package(stats: Any, limit: int) -> None:
         print(f"  {seconds / total * 100:5.1f} %  {key}")
 
 
-class wal_frames:  # noqa: N801 - used like a function
+class WalFrames:
     """SQLite: how many pages (WAL frames) a piece of work commits. Entering empties the WAL (a TRUNCATE
     checkpoint); `frames()` reads the WAL file's size afterwards (WAL format: a 32-byte header, then per frame a
     24-byte header and one page; sqlite.org/fileformat.html §4.1)."""

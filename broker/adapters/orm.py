@@ -75,6 +75,11 @@ class PersonRow(Base):
     birth_date: Mapped[date]
     display_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime]
+    # SQLite only: how many times what a decision about the person reads — their consents, relationships,
+    # representations, records, birth date — has changed, counted by triggers (`FACTS_VERSION_DDL`). A disclosure
+    # decides on a snapshot without the write lock and commits under it only if this is unchanged
+    # (services/disclosures.py). PostgreSQL's disclosures hold the person's row lock instead; it stays 0 there.
+    facts_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RelationshipRow(Base):
@@ -331,6 +336,39 @@ def _create_audit_queue_trigger(_table: Any, connection: Any, **_: Any) -> None:
     """`metadata.create_all` (the test suite's schema) makes the trigger too; migrations make it themselves."""
     for statement in AUDIT_QUEUE_DDL.get(connection.dialect.name, ()):
         connection.exec_driver_sql(statement)
+
+
+# The triggers that count changes to a person's facts in persons.facts_version, on SQLite (the only database that
+# keeps it). One per table and operation; an update counts for the old and the new person. Alembic's batch mode on
+# SQLite drops a table's triggers when it recreates the table: a migration that alters one of these tables must
+# create its triggers again (tests/integration/test_migrations.py checks that they exist).
+FACTS_TABLES = ("consents", "relationships", "representations", "records")
+
+
+def _facts_version_triggers(table: str) -> tuple[str, ...]:
+    bump = "UPDATE persons SET facts_version = facts_version + 1 WHERE id"
+    return (
+        f"CREATE TRIGGER {table}_facts_insert AFTER INSERT ON {table} BEGIN {bump} = NEW.person_id; END",
+        f"CREATE TRIGGER {table}_facts_update AFTER UPDATE ON {table} "
+        f"BEGIN {bump} IN (OLD.person_id, NEW.person_id); END",
+        f"CREATE TRIGGER {table}_facts_delete AFTER DELETE ON {table} BEGIN {bump} = OLD.person_id; END",
+    )
+
+
+FACTS_VERSION_DDL: dict[str, tuple[str, ...]] = {
+    **{table: _facts_version_triggers(table) for table in FACTS_TABLES},
+    "persons": (
+        "CREATE TRIGGER persons_facts_birth_date AFTER UPDATE OF birth_date ON persons "
+        "BEGIN UPDATE persons SET facts_version = facts_version + 1 WHERE id = NEW.id; END",
+    ),
+}
+
+
+def _create_facts_version_triggers(table: Any, connection: Any, **_: Any) -> None:
+    """`metadata.create_all` makes the triggers too (SQLite only); migrations make them themselves."""
+    if connection.dialect.name == "sqlite":
+        for statement in FACTS_VERSION_DDL[table.name]:
+            connection.exec_driver_sql(statement)
 
 
 class AuditActorRow(Base):
@@ -623,3 +661,7 @@ class PortalSessionRow(Base):
 
 
 __all__ = [name for name in dir() if name.endswith("Row")] + ["Base"]
+
+
+for _table in (*FACTS_TABLES, "persons"):
+    event.listen(Base.metadata.tables[_table], "after_create", _create_facts_version_triggers)

@@ -43,8 +43,16 @@ def payload_digest(payload: object) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
-def append_entry(
-    uow: UnitOfWork,
+def append_entry(uow: UnitOfWork, **fields: Any) -> int:
+    """Append one entry (the arguments of `new_entry`) and return its append id (not yet its tree index: the
+    sequencer gives that)."""
+    return append_pending(uow, new_entry(**fields))
+
+
+PendingEntry = tuple[dict[str, Any], tuple[str, str] | None]
+
+
+def new_entry(
     *,
     event: str,
     now: datetime,
@@ -60,12 +68,13 @@ def append_entry(
     fields: Sequence[str] = (),
     payload_sha256: str | None = None,
     detail: dict[str, Any] | None = None,
-) -> int:
-    """Append one entry and return its append id (not yet its tree index: the sequencer gives that). `actor` =
-    (actor id, role) for an actor who is not a partner's professional (a person in the portal, the system); the
-    id goes into the leaf only as a salted commitment, with a fresh salt."""
+) -> PendingEntry:
+    """An entry to append with `append_pending`, built ahead of its transaction's writes (a disclosure builds its
+    own while it decides, before it takes SQLite's write lock). `actor` = (actor id, role) for an actor who is not a
+    partner's professional (a person in the portal, the system); the id goes into the leaf only as a salted
+    commitment, with a fresh salt."""
     named = caller.actor_id if caller else (actor[0] if actor else None)
-    row, opening = pending_entry(
+    return pending_entry(
         event=event,
         now=now,
         salt=new_actor_salt() if named else None,
@@ -82,6 +91,11 @@ def append_entry(
         payload_sha256=payload_sha256,
         detail=detail,
     )
+
+
+def append_pending(uow: UnitOfWork, entry: PendingEntry) -> int:
+    """Insert an entry built by `new_entry` (and its actor opening) in `uow`'s transaction; its append id."""
+    row, opening = entry
     session = uow.session
     entry_id = int(_INSERT_ENTRY.execute(session, row).fetchone()[0])
     if opening is not None:

@@ -4,19 +4,27 @@ authenticate (done by the caller) → lock the person and load the facts → dec
 allowed fields → append the audit entry → commit → respond. Nothing leaves before the commit: a failure
 anywhere rolls the whole transaction back and discloses nothing (invariant 2). Denials are committed to the
 log too, and only then reported.
+
+On SQLite, where every writer waits for one write lock, the reading and deciding are done first on a snapshot
+(a read transaction, no lock) and the write transaction then only checks and records: it commits the plan if the
+person's facts are unchanged since the snapshot (`PersonRow.facts_version`, counted by triggers on every table a
+decision reads) and no validity period or birthday has turned since the decision; otherwise it plans again under
+the lock, as the whole transaction used to. A withdrawal that commits while a disclosure decides therefore still
+stops it (invariant 3), and the lock is held for the writes alone — about half the time (docs/benchmarks.md).
+On PostgreSQL the person's row lock does the same, and the plan is made and recorded in one transaction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select
 
 from broker.adapters.database import Prepared
 from broker.adapters.orm import DisclosureRow, RecordRow
-from broker.adapters.uow import UnitOfWork
+from broker.adapters.uow import UnitOfWork, join_ambient
 from broker.domain.clock import utc
 from broker.domain.errors import (
     InvalidRequestError,
@@ -26,11 +34,12 @@ from broker.domain.errors import (
 )
 from broker.domain.model import Caller
 from broker.services import Broker, new_id
-from broker.services.audit_log import append_entry, payload_digest
+from broker.services.audit_log import PendingEntry, append_entry, append_pending, new_entry, payload_digest
 from broker.services.consents import consent_facts
 from broker.services.persons import (
     active_relationship_orgs,
     age,
+    facts_version,
     has_legal_representative,
     is_minor,
     lock_person_birth_date,
@@ -81,15 +90,36 @@ def _validate(broker: Broker, ask: DisclosureAsk) -> None:
 
 
 def load_facts(uow: UnitOfWork, person_id: str, now: datetime, *, exclusive: bool = False) -> Facts:
-    born = lock_person_birth_date(uow, person_id, exclusive=exclusive)
+    return read_facts(uow, person_id, now, exclusive=exclusive).facts
+
+
+@dataclass(frozen=True)
+class FactsRead:
+    facts: Facts
+    version: int  # PersonRow.facts_version when they were read (SQLite)
+    # The first moment after the reading when the same rows may give other facts or another decision: a consent's
+    # or a mandate's validity begins or ends, or the date turns (the person's age; `age` counts in whole UTC days).
+    valid_until: datetime
+
+
+def read_facts(uow: UnitOfWork, person_id: str, now: datetime, *, exclusive: bool = False) -> FactsRead:
+    born, version = lock_person_birth_date(uow, person_id, exclusive=exclusive)
     minor = is_minor(born, now)
-    return Facts(
+    consents = consent_facts(uow, person_id)
+    represented, mandate_turns = has_legal_representative(uow, person_id, now, minor=minor)
+    turns = [
+        datetime.combine(now.date() + timedelta(days=1), time.min, tzinfo=UTC),
+        *(t for c in consents for t in (c.valid_from, c.valid_until) if t is not None and t > now),
+        *([mandate_turns] if mandate_turns is not None else []),
+    ]
+    facts = Facts(
         relationships=active_relationship_orgs(uow, person_id),
-        consents=consent_facts(uow, person_id),
+        consents=consents,
         person_is_minor=minor,
-        has_legal_representative=has_legal_representative(uow, person_id, now, minor=minor),
+        has_legal_representative=represented,
         person_age=age(born, now),
     )
+    return FactsRead(facts, version, min(turns))
 
 
 def _request(caller: Caller, ask: DisclosureAsk, source_org: str | None, source_type: str | None) -> DecisionRequest:
@@ -119,106 +149,145 @@ def decision_view(decision: Decision) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Plan:
+    """What a disclosure will record and answer, worked out from one reading of the facts and records: everything
+    but the writes."""
+
+    now: datetime
+    read: FactsRead
+    disclosure_id: str
+    effect: str
+    decision: Decision  # the primary one: the first permit, or the denial
+    disclosed: list[dict[str, Any]]
+    entry: PendingEntry  # the audit entry
+    basis: dict[str, Any] | None = None
+    fields: list[str] = field(default_factory=list)
+    payload_sha256: str | None = None
+
+
 def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[str, Any]:
     _validate(broker, ask)
+    if broker.db.sqlite and join_ambient(broker.db) is None:
+        # Plan on a snapshot without the write lock; record under it if the plan still holds (the module's doc).
+        with broker.uow(write=False, core=True) as uow:
+            require_anchored(broker, uow)
+            plan = _plan(broker, caller, ask, uow, broker.clock.now())
+        with broker.uow(core=True) as uow:
+            if not _still_holds(uow, ask, plan, broker.clock.now()):
+                plan = _plan(broker, caller, ask, uow, broker.clock.now())
+            return _record(uow, caller, ask, plan)
     with broker.uow(core=True) as uow:
         require_anchored(broker, uow)
-        now = broker.clock.now()
-        facts = load_facts(uow, ask.person_id, now)
-        records = _RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": ask.person_id, "category": ask.category})
-        decisions: dict[str, Decision] = {}
-        for source in sorted({r.source_org for r in records}):
-            request = _request(caller, ask, source, organisation_type(broker, uow, source))
-            decisions[source] = decide(request, facts, broker.policy, now)
-        if not records:
-            # Nothing to disclose; still decide, so that the answer (permit with no records, or a denial)
-            # does not reveal whether records exist.
-            decisions[""] = decide(_request(caller, ask, None, None), facts, broker.policy, now)
-        permitted = {src: d for src, d in decisions.items() if d.permitted}
-        disclosure_id = new_id("dis")
-        if not permitted:
-            denial = next(iter(decisions.values()))
-            index = append_entry(
-                uow,
-                event="disclosure:deny",
-                now=now,
-                caller=caller,
-                person_id=ask.person_id,
-                category=ask.category,
-                purpose=ask.purpose,
-                effect="deny",
-                policy_version=denial.policy_version,
-                detail={"disclosure_id": disclosure_id, "reasons": sorted({r.code for r in denial.reasons})},
-            )
-            _store(uow, disclosure_id, caller, ask, "deny", None, [], [], None, denial.policy_version, index, now)
-            uow.commit()
-            raise NoLegalBasisError(
-                f"no statute or consent permits '{caller.org_type}' to receive '{ask.category}' for '{ask.purpose}'",
-                extra={"disclosure_id": disclosure_id, "decision": decision_view(denial)},
-            )
-        primary = next(iter(permitted.values()))
-        disclosed = []
-        for row in records:
-            decision = permitted.get(row.source_org)
-            if decision is None:
-                continue
-            disclosed.append(
-                {
-                    "record_id": row.id,
-                    "category": row.category,
-                    "source_organisation": row.source_org,
-                    "deposited_at": utc(row.deposited_at).isoformat().replace("+00:00", "Z"),
-                    "basis": decision.basis.as_dict() if decision.basis else None,
-                    "content": project(row.category, open_record(broker, row), decision.fields),
-                }
-            )
-        fields = sorted({f for item in disclosed for f in item["content"]})
-        payload_sha256 = payload_digest(disclosed)
-        basis = primary.basis.as_dict() if primary.basis else None
-        bases = [d.basis.as_dict() for d in permitted.values() if d.basis]
-        index = append_entry(
-            uow,
-            event="disclosure:permit",
+        plan = _plan(broker, caller, ask, uow, broker.clock.now())
+        return _record(uow, caller, ask, plan)
+
+
+def _still_holds(uow: UnitOfWork, ask: DisclosureAsk, plan: _Plan, now: datetime) -> bool:
+    """Whether a plan made on an earlier snapshot is what planning now would give: the person's facts and records
+    unchanged since (their version) and no validity period begun or ended, nor the date turned, in between."""
+    return facts_version(uow, ask.person_id) == plan.read.version and plan.now <= now < plan.read.valid_until
+
+
+def _plan(broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, now: datetime) -> _Plan:
+    """Read the facts and the records, decide for each source, open and project what is permitted, and build the
+    audit entry. Writes nothing."""
+    read = read_facts(uow, ask.person_id, now)
+    records = _RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": ask.person_id, "category": ask.category})
+    decisions: dict[str, Decision] = {}
+    for source in sorted({r.source_org for r in records}):
+        request = _request(caller, ask, source, organisation_type(broker, uow, source))
+        decisions[source] = decide(request, read.facts, broker.policy, now)
+    if not records:
+        # Nothing to disclose; still decide, so that the answer (permit with no records, or a denial)
+        # does not reveal whether records exist.
+        decisions[""] = decide(_request(caller, ask, None, None), read.facts, broker.policy, now)
+    permitted = {src: d for src, d in decisions.items() if d.permitted}
+    disclosure_id = new_id("dis")
+    about = {"caller": caller, "person_id": ask.person_id, "category": ask.category, "purpose": ask.purpose}
+    if not permitted:
+        denial = next(iter(decisions.values()))
+        entry = new_entry(
+            event="disclosure:deny",
             now=now,
-            caller=caller,
-            person_id=ask.person_id,
-            category=ask.category,
-            purpose=ask.purpose,
-            effect="permit",
-            basis=basis,
-            policy_version=primary.policy_version,
-            record_ids=[r["record_id"] for r in disclosed],
-            fields=fields,
-            payload_sha256=payload_sha256,
-            detail={
-                "disclosure_id": disclosure_id,
-                "withheld": len(records) - len(disclosed),
-                **({"bases": bases} if len(bases) > 1 else {}),
-            },
+            effect="deny",
+            policy_version=denial.policy_version,
+            detail={"disclosure_id": disclosure_id, "reasons": sorted({r.code for r in denial.reasons})},
+            **about,
         )
-        _store(
-            uow,
-            disclosure_id,
-            caller,
-            ask,
-            "permit",
-            basis,
-            [r["record_id"] for r in disclosed],
-            fields,
-            payload_sha256,
-            primary.policy_version,
-            index,
-            now,
+        return _Plan(now, read, disclosure_id, "deny", denial, [], entry)
+    disclosed = []
+    for row in records:
+        decision = permitted.get(row.source_org)
+        if decision is None:
+            continue
+        disclosed.append(
+            {
+                "record_id": row.id,
+                "category": row.category,
+                "source_organisation": row.source_org,
+                "deposited_at": utc(row.deposited_at).isoformat().replace("+00:00", "Z"),
+                "basis": decision.basis.as_dict() if decision.basis else None,
+                "content": project(row.category, open_record(broker, row), decision.fields),
+            }
         )
-        uow.commit()
+    primary = next(iter(permitted.values()))
+    fields = sorted({f for item in disclosed for f in item["content"]})
+    payload_sha256 = payload_digest(disclosed)
+    basis = primary.basis.as_dict() if primary.basis else None
+    bases = [d.basis.as_dict() for d in permitted.values() if d.basis]
+    entry = new_entry(
+        event="disclosure:permit",
+        now=now,
+        effect="permit",
+        basis=basis,
+        policy_version=primary.policy_version,
+        record_ids=[r["record_id"] for r in disclosed],
+        fields=fields,
+        payload_sha256=payload_sha256,
+        detail={
+            "disclosure_id": disclosure_id,
+            "withheld": len(records) - len(disclosed),
+            **({"bases": bases} if len(bases) > 1 else {}),
+        },
+        **about,
+    )
+    return _Plan(now, read, disclosure_id, "permit", primary, disclosed, entry, basis, fields, payload_sha256)
+
+
+def _record(uow: UnitOfWork, caller: Caller, ask: DisclosureAsk, plan: _Plan) -> dict[str, Any]:
+    """Append the plan's audit entry and store the disclosure, commit, and answer (or, for a denial, raise)."""
+    decision, disclosed = plan.decision, plan.disclosed
+    index = append_pending(uow, plan.entry)
+    record_ids = [r["record_id"] for r in disclosed]
+    _store(
+        uow,
+        plan.disclosure_id,
+        caller,
+        ask,
+        plan.effect,
+        plan.basis,
+        record_ids,
+        plan.fields,
+        plan.payload_sha256,
+        decision.policy_version,
+        index,
+        plan.now,
+    )
+    uow.commit()
+    if plan.effect == "deny":
+        raise NoLegalBasisError(
+            f"no statute or consent permits '{caller.org_type}' to receive '{ask.category}' for '{ask.purpose}'",
+            extra={"disclosure_id": plan.disclosure_id, "decision": decision_view(decision)},
+        )
     return {
-        "disclosure_id": disclosure_id,
+        "disclosure_id": plan.disclosure_id,
         "person_id": ask.person_id,
         "category": ask.category,
         "purpose": ask.purpose,
-        "basis": basis,
-        "obligations": list(primary.obligations),
-        "policy_version": primary.policy_version,
+        "basis": plan.basis,
+        "obligations": list(decision.obligations),
+        "policy_version": decision.policy_version,
         "audit_entry_id": index,
         "records": disclosed,
     }

@@ -30,7 +30,8 @@ _PERSONS = PersonRow.__table__
 _RELATIONSHIPS = RelationshipRow.__table__
 _REPRESENTATIONS = RepresentationRow.__table__
 # Prebuilt Core statements for the disclosure path (built once, compiled once, no ORM objects per request).
-_BIRTH_DATE = select(_PERSONS.c.birth_date).where(_PERSONS.c.id == bindparam("person_id"))
+_BIRTH_DATE = select(_PERSONS.c.birth_date, _PERSONS.c.facts_version).where(_PERSONS.c.id == bindparam("person_id"))
+_FACTS_VERSION = Prepared(select(_PERSONS.c.facts_version).where(_PERSONS.c.id == bindparam("person_id")))
 _READ_BIRTH_DATE = Prepared(_BIRTH_DATE)
 _READ_BIRTH_DATE_FOR_SHARE = Prepared(_BIRTH_DATE.with_for_update(read=True))
 _READ_BIRTH_DATE_FOR_UPDATE = Prepared(_BIRTH_DATE.with_for_update())
@@ -127,9 +128,10 @@ def lock_person(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> PersonRo
     return person
 
 
-def lock_person_birth_date(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> date:
+def lock_person_birth_date(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> tuple[date, int]:
     """`lock_person` for the disclosure path: the same row lock on PostgreSQL (`FOR SHARE`, or `FOR UPDATE`
-    when `exclusive`), the same UnknownPersonError, but only the birth date is read and no ORM object built.
+    when `exclusive`), the same UnknownPersonError, but only the birth date and the facts version (SQLite's count
+    of changes to the person's facts, `PersonRow.facts_version`) are read and no ORM object built.
     Test mode can turn the lock off (`uow.decision_lock`) for the withdrawal race's negative control."""
     if uow.postgres and uow.decision_lock:
         query = _READ_BIRTH_DATE_FOR_UPDATE if exclusive else _READ_BIRTH_DATE_FOR_SHARE
@@ -138,8 +140,13 @@ def lock_person_birth_date(uow: UnitOfWork, person_id: str, *, exclusive: bool) 
     row = query.first(uow.session, {"person_id": person_id})
     if row is None:
         raise UnknownPersonError(f"no person with id '{person_id}'", field="person_id")
-    born: date = row.birth_date
-    return born
+    return row.birth_date, row.facts_version
+
+
+def facts_version(uow: UnitOfWork, person_id: str) -> int | None:
+    """The person's facts version now (`PersonRow.facts_version`), None when there is no such person."""
+    row = _FACTS_VERSION.first(uow.session, {"person_id": person_id})
+    return None if row is None else int(row.facts_version)
 
 
 def age(person: PersonRow | date, now: datetime) -> int:
@@ -165,13 +172,19 @@ def representation_active(valid_from: datetime, valid_until: datetime | None, no
     return utc(valid_from) <= now and (valid_until is None or now < utc(valid_until))
 
 
-def has_legal_representative(uow: UnitOfWork, person_id: str, now: datetime, *, minor: bool) -> bool:
+def has_legal_representative(
+    uow: UnitOfWork, person_id: str, now: datetime, *, minor: bool
+) -> tuple[bool, datetime | None]:
     """Whether a registered, active mandate lets someone consent for the person now (read for the statutory
-    exception that needs its absence, 703/2023 53 § 5–6 mom.)."""
-    return any(
+    exception that needs its absence, 703/2023 53 § 5–6 mom.), and the first moment after `now` when a mandate
+    begins or ends — when the answer may change (None: never)."""
+    rows = _MANDATES_OF_PERSON.rows(uow.session, {"person_id": person_id})
+    found = any(
         representation_active(row.valid_from, row.valid_until, now) and mandate_covers(row.mandate, minor=minor)
-        for row in _MANDATES_OF_PERSON.rows(uow.session, {"person_id": person_id})
+        for row in rows
     )
+    moments = [utc(t) for row in rows for t in (row.valid_from, row.valid_until) if t is not None and utc(t) > now]
+    return found, min(moments, default=None)
 
 
 def register_representative(

@@ -182,11 +182,11 @@ def test_nothing_is_disclosed_when_the_audit_entry_cannot_be_written(env: Env, m
     def broken(*args: object, **kwargs: object) -> int:
         raise RuntimeError("log unavailable")
 
-    monkeypatch.setattr("broker.services.disclosures.append_entry", broken)
+    monkeypatch.setattr("broker.services.disclosures.append_pending", broken)
     response = ask(env, "varha-health", person_id, "work_assessment", "work_capacity_assessment")
     assert response.status_code == 500
     assert "records" not in response.get_data(as_text=True)
-    monkeypatch.setattr("broker.services.disclosures.append_entry", audit_log.append_entry)
+    monkeypatch.setattr("broker.services.disclosures.append_pending", audit_log.append_pending)
     assert audit_events(env) == before
     with env.broker.uow(write=False) as uow:
         assert uow.session.scalar(select(func.count()).select_from(DisclosureRow)) == 0

@@ -329,7 +329,7 @@ def test_a_failure_in_the_use_case_stores_no_key_and_writes_nothing(env: Env, mo
     def broken(*args: object, **kwargs: object) -> int:
         raise RuntimeError("log unavailable")
 
-    monkeypatch.setattr("broker.services.disclosures.append_entry", broken)
+    monkeypatch.setattr("broker.services.disclosures.append_pending", broken)
     key = new_key()
     failed = disclose(env, person_id, key)
     assert failed.status_code == 500
@@ -338,7 +338,7 @@ def test_a_failure_in_the_use_case_stores_no_key_and_writes_nothing(env: Env, mo
     assert count(env, DisclosureRow) == 0
     assert count(env, IdempotencyKeyRow) == 0
 
-    monkeypatch.setattr("broker.services.disclosures.append_entry", audit_log.append_entry)
+    monkeypatch.setattr("broker.services.disclosures.append_pending", audit_log.append_pending)
     retry = disclose(env, person_id, key)
 
     assert retry.status_code == 200 and REPLAYED not in retry.headers

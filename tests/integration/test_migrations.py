@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
 from audit import encode_entry, encode_pending, leaf_hash, place_index
-from broker.adapters.orm import Base, OrganisationRow
+from broker.adapters.orm import FACTS_TABLES, Base, OrganisationRow
 from broker.app import build_broker, create_app
 from broker.config import Settings
 from broker.domain.clock import FixedClock
@@ -119,6 +119,23 @@ def test_autogenerate_finds_no_difference_between_the_migrated_database_and_the_
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, Base.metadata) == []
+
+
+def test_on_sqlite_the_migrations_make_the_same_triggers_as_the_orm(empty_database: str, engine: Engine) -> None:
+    """The triggers are the schema too: the audit queue's, and those that count changes to a person's facts (which
+    a batch operation recreating a table would silently drop)."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the facts-version triggers are SQLite's")
+    upgrade(empty_database)
+    with engine.connect() as connection:
+        migrated = {row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))}
+    fresh = create_engine("sqlite://")
+    Base.metadata.create_all(fresh)
+    with fresh.connect() as connection:
+        created = {row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))}
+    fresh.dispose()
+    assert migrated == created
+    assert {f"{t}_facts_{op}" for t in FACTS_TABLES for op in ("insert", "update", "delete")} < migrated
 
 
 def test_the_database_records_the_head_revision(empty_database: str, engine: Engine) -> None:
