@@ -43,10 +43,11 @@ from broker.domain.hetu import CHECK_CHARS, normalise_hetu
 from broker.domain.model import PARTNER_SCOPES, Caller
 from broker.services.audit_log import payload_digest, pending_entry
 from broker.services.consent_texts import HELSINKI, TEMPLATE_VERSION, render_consent_text
+from broker.services.disclosures import disclosed_item
 from broker.services.notices import CONSENT_WITHDRAWN, _notice_aad
 from broker.services.persons import age, is_minor
 from policies import ConsentFact, Decision, DecisionRequest, Facts, Policy, decide
-from schemas.records import load_record, project
+from schemas.records import load_record
 from schemas.records.examples import EXAMPLES
 
 # -- identity codes ------------------------------------------------------------------------------------------------
@@ -965,14 +966,7 @@ class _Person:
                 continue
             content = self.f.contents[record.category][0]
             disclosed.append(
-                {
-                    "record_id": record.id,
-                    "category": record.category,
-                    "source_organisation": record.source,
-                    "deposited_at": utc(record.deposited_at).isoformat().replace("+00:00", "Z"),
-                    "basis": decision.basis.as_dict() if decision.basis else None,
-                    "content": project(record.category, content, decision.fields),
-                }
+                disclosed_item(record.id, record.category, record.source, record.deposited_at, decision, content)
             )
         fields = sorted({name for item in disclosed for name in item["content"]})
         digest = payload_digest(disclosed)

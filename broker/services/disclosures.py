@@ -222,14 +222,7 @@ def _plan(broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, n
         if decision is None:
             continue
         disclosed.append(
-            {
-                "record_id": row.id,
-                "category": row.category,
-                "source_organisation": row.source_org,
-                "deposited_at": utc(row.deposited_at).isoformat().replace("+00:00", "Z"),
-                "basis": decision.basis.as_dict() if decision.basis else None,
-                "content": project(row.category, open_record(broker, row), decision.fields),
-            }
+            disclosed_item(row.id, row.category, row.source_org, row.deposited_at, decision, open_record(broker, row))
         )
     primary = next(iter(permitted.values()))
     fields = sorted({f for item in disclosed for f in item["content"]})
@@ -253,6 +246,21 @@ def _plan(broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, n
         **about,
     )
     return _Plan(now, read, disclosure_id, "permit", primary, disclosed, entry, basis, fields, payload_sha256)
+
+
+def disclosed_item(
+    record_id: str, category: str, source: str, deposited_at: datetime, decision: Decision, content: dict[str, Any]
+) -> dict[str, Any]:
+    """One record as a disclosure answers it (and as its payload digest covers it): the record's content projected
+    to the fields `decision` allows. `broker bench seed` builds its disclosures' payloads with it too."""
+    return {
+        "record_id": record_id,
+        "category": category,
+        "source_organisation": source,
+        "deposited_at": utc(deposited_at).isoformat().replace("+00:00", "Z"),
+        "basis": decision.basis.as_dict() if decision.basis else None,
+        "content": project(category, content, decision.fields),
+    }
 
 
 def _record(uow: UnitOfWork, caller: Caller, ask: DisclosureAsk, plan: _Plan) -> dict[str, Any]:

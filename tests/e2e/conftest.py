@@ -153,3 +153,16 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+def consent_to_health(kisalli: BrokerClient, person_id: str, category: str, purpose: str) -> dict[str, Any]:
+    """Kisälli records, in person and witnessed, the person's consent to disclose `category` to the health centre
+    for `purpose`; the consent as the API answers it."""
+    return kisalli.record_consent(
+        person_id,
+        recipients=["varha-health"],
+        categories=[category],
+        purposes=[purpose],
+        method="in_person",
+        witness="Pekka Salo",
+    )

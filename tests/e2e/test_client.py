@@ -25,7 +25,7 @@ from broker.adapters.signing import verify_jws
 from broker.client import BrokerClient, NoLegalBasisError, NotFoundError
 from broker.domain.hetu import make_hetu
 from schemas.records.examples import EXAMPLES
-from tests.e2e.conftest import ROOT, Served
+from tests.e2e.conftest import ROOT, Served, consent_to_health
 
 WORK = ("work_assessment", "work_capacity_assessment")
 
@@ -37,14 +37,7 @@ def consented(kisalli: BrokerClient, health: BrokerClient) -> dict[str, str]:
     person_id = kisalli.resolve_person(make_hetu(date(1992, 4, 5), 981))
     for client in (kisalli, health):
         assert client.start_relationship(person_id)["active"] is True
-    consent = kisalli.record_consent(
-        person_id,
-        recipients=["varha-health"],
-        categories=[WORK[0]],
-        purposes=[WORK[1]],
-        method="in_person",
-        witness="Pekka Salo",
-    )
+    consent = consent_to_health(kisalli, person_id, *WORK)
     record = kisalli.deposit_record(person_id, WORK[0], EXAMPLES[WORK[0]])
     assert record["person_id"] == person_id and record["category"] == WORK[0]
     return {"person_id": person_id, "consent_id": consent["consent_id"]}

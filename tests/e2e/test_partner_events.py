@@ -27,7 +27,7 @@ import pytest
 from broker.client import BrokerClient, Event, EventDeduplicator, InvalidEventError
 from broker.domain.hetu import make_hetu
 from schemas.records.examples import EXAMPLES
-from tests.e2e.conftest import ROOT, Served
+from tests.e2e.conftest import ROOT, Served, consent_to_health
 from tests.support import BROKER_CLI
 
 WORK = ("work_assessment", "work_capacity_assessment")
@@ -138,14 +138,7 @@ def test_a_partner_hears_of_a_consent_and_its_withdrawal_and_attests(
     for client in (kisalli, health):
         client.start_relationship(person_id)
     kisalli.deposit_record(person_id, WORK[0], EXAMPLES[WORK[0]])
-    consent = kisalli.record_consent(
-        person_id,
-        recipients=["varha-health"],
-        categories=[WORK[0]],
-        purposes=[WORK[1]],
-        method="in_person",
-        witness="Pekka Salo",
-    )
+    consent = consent_to_health(kisalli, person_id, *WORK)
     consent_id = consent["consent_id"]
 
     granted = partner.wait_for(lambda e: e.type == "consent.granted" and e.data["consent_id"] == consent_id)
@@ -176,14 +169,7 @@ def test_a_partner_hears_of_a_consent_and_its_withdrawal_and_attests(
     worker[0].wait(timeout=10)
     worker.append(start_worker(served))
     posts = partner.posts
-    again = kisalli.record_consent(
-        person_id,
-        recipients=["varha-health"],
-        categories=[WORK[0]],
-        purposes=[WORK[1]],
-        method="in_person",
-        witness="Pekka Salo",
-    )
+    again = consent_to_health(kisalli, person_id, *WORK)
     partner.wait_for(lambda e: e.type == "consent.granted" and e.data["consent_id"] == again["consent_id"])
     assert partner.posts == posts + 1
     assert sorted(e.id for e in partner.events) == sorted({e.id for e in partner.events})
