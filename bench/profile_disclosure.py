@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         "own time, then by cumulative time",
     )
     parser.add_argument(
+        "--stats", type=Path, metavar="FILE", help="with --cprofile, also write the raw statistics here (pstats)"
+    )
+    parser.add_argument(
         "--postgres",
         metavar="URL",
         help="run on a fresh PostgreSQL database on this server (created and dropped) instead of SQLite",
@@ -248,6 +251,8 @@ def _profile(args: argparse.Namespace, workdir: Path, database_url: str | None) 
             deterministic.enable()
             measured = timed_round(args.n, signed=True)
             deterministic.disable()
+            if args.stats:
+                deterministic.dump_stats(args.stats)
             print_by_package(pstats.Stats(deterministic), args.cprofile)
             stats = pstats.Stats(deterministic).strip_dirs()
             stats.sort_stats("tottime").print_stats(args.cprofile)

@@ -415,29 +415,26 @@ def consent_receipt(broker: Broker, caller: Caller, consent_id: str) -> str:
 _CONSENTS = ConsentRow.__table__
 # What a decision needs of a person's consents: a prebuilt Core statement, read fresh in the caller's
 # transaction on every disclosure (invariant 3: never cached) without building ORM objects.
+# The columns a ConsentFact is made of (`to_fact`), in this order wherever they are read as a tuple.
+CONSENT_FACT_COLUMNS = (
+    "id",
+    "version",
+    "status",
+    "recipients",
+    "categories",
+    "purposes",
+    "valid_from",
+    "valid_until",
+    "explicit",
+    "written",
+    "bound_to_org",
+    "given_by",
+    "mandate",
+    "withdrawn_at",
+    "requester_org",
+)
 _CONSENT_FACTS = Prepared(
-    select(
-        *(
-            _CONSENTS.c[name]
-            for name in (
-                "id",
-                "version",
-                "status",
-                "recipients",
-                "categories",
-                "purposes",
-                "valid_from",
-                "valid_until",
-                "explicit",
-                "written",
-                "bound_to_org",
-                "given_by",
-                "mandate",
-                "withdrawn_at",
-                "requester_org",
-            )
-        )
-    ).where(_CONSENTS.c.person_id == bindparam("person_id"))
+    select(*(_CONSENTS.c[name] for name in CONSENT_FACT_COLUMNS)).where(_CONSENTS.c.person_id == bindparam("person_id"))
 )
 
 

@@ -17,7 +17,7 @@ On PostgreSQL the person's row lock does the same, and the plan is made and reco
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select
@@ -36,18 +36,20 @@ from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import PendingEntry, append_entry, append_pending, new_entry, payload_digest
 from broker.services.consents import consent_facts
+from broker.services.disclosure_statements import read_facts_and_records, record_disclosure
 from broker.services.persons import (
     active_relationship_orgs,
     age,
     facts_version,
     has_legal_representative,
     is_minor,
+    legal_representative,
     lock_person_birth_date,
     organisation_type,
 )
 from broker.services.records import open_record
 from broker.services.sequencer import require_anchored
-from policies import Decision, DecisionRequest, Facts, StatutoryException, decide
+from policies import ConsentFact, Decision, DecisionRequest, Facts, StatutoryException, decide
 from schemas.records import project
 
 _RECORDS = RecordRow.__table__
@@ -107,15 +109,28 @@ def read_facts(uow: UnitOfWork, person_id: str, now: datetime, *, exclusive: boo
     minor = is_minor(born, now)
     consents = consent_facts(uow, person_id)
     represented, mandate_turns = has_legal_representative(uow, person_id, now, minor=minor)
+    relationships = active_relationship_orgs(uow, person_id)
+    return _facts_read(born, version, consents, represented, mandate_turns, relationships, now)
+
+
+def _facts_read(
+    born: date,
+    version: int,
+    consents: tuple[ConsentFact, ...],
+    represented: bool,
+    mandate_turns: datetime | None,
+    relationships: frozenset[str],
+    now: datetime,
+) -> FactsRead:
     turns = [
         datetime.combine(now.date() + timedelta(days=1), time.min, tzinfo=UTC),
         *(t for c in consents for t in (c.valid_from, c.valid_until) if t is not None and t > now),
         *([mandate_turns] if mandate_turns is not None else []),
     ]
     facts = Facts(
-        relationships=active_relationship_orgs(uow, person_id),
+        relationships=relationships,
         consents=consents,
-        person_is_minor=minor,
+        person_is_minor=is_minor(born, now),
         has_legal_representative=represented,
         person_age=age(born, now),
     )
@@ -192,8 +207,11 @@ def _still_holds(uow: UnitOfWork, ask: DisclosureAsk, plan: _Plan, now: datetime
 def _plan(broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, now: datetime) -> _Plan:
     """Read the facts and the records, decide for each source, open and project what is permitted, and build the
     audit entry. Writes nothing."""
-    read = read_facts(uow, ask.person_id, now)
-    records = _RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": ask.person_id, "category": ask.category})
+    if uow.postgres:
+        read, records = _read_in_one(uow, ask, now)
+    else:
+        read = read_facts(uow, ask.person_id, now)
+        records = _RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": ask.person_id, "category": ask.category})
     decisions: dict[str, Decision] = {}
     for source in sorted({r.source_org for r in records}):
         request = _request(caller, ask, source, organisation_type(broker, uow, source))
@@ -248,6 +266,15 @@ def _plan(broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, n
     return _Plan(now, read, disclosure_id, "permit", primary, disclosed, entry, basis, fields, payload_sha256)
 
 
+def _read_in_one(uow: UnitOfWork, ask: DisclosureAsk, now: datetime) -> tuple[FactsRead, list[Any]]:
+    """PostgreSQL: `read_facts` and the records, in two statements — the person's row lock, then everything else
+    (services/disclosure_statements.py)."""
+    born, version = lock_person_birth_date(uow, ask.person_id, exclusive=False)
+    consents, mandates, relationships, records = read_facts_and_records(uow, ask.person_id, ask.category)
+    represented, mandate_turns = legal_representative(mandates, now, minor=is_minor(born, now))
+    return _facts_read(born, version, consents, represented, mandate_turns, relationships, now), records
+
+
 def disclosed_item(
     record_id: str, category: str, source: str, deposited_at: datetime, decision: Decision, content: dict[str, Any]
 ) -> dict[str, Any]:
@@ -266,22 +293,28 @@ def disclosed_item(
 def _record(uow: UnitOfWork, caller: Caller, ask: DisclosureAsk, plan: _Plan) -> dict[str, Any]:
     """Append the plan's audit entry and store the disclosure, commit, and answer (or, for a denial, raise)."""
     decision, disclosed = plan.decision, plan.disclosed
-    index = append_pending(uow, plan.entry)
     record_ids = [r["record_id"] for r in disclosed]
-    _store(
-        uow,
-        plan.disclosure_id,
-        caller,
-        ask,
-        plan.effect,
-        plan.basis,
-        record_ids,
-        plan.fields,
-        plan.payload_sha256,
-        decision.policy_version,
-        index,
-        plan.now,
-    )
+    row = {
+        "id": plan.disclosure_id,
+        "person_id": ask.person_id,
+        "kind": "request",
+        "recipient_org": caller.organisation_id,
+        "partner": caller.partner_id,
+        "category": ask.category,
+        "purpose": ask.purpose,
+        "effect": plan.effect,
+        "basis": plan.basis,
+        "record_ids": record_ids,
+        "fields": plan.fields,
+        "payload_sha256": plan.payload_sha256,
+        "policy_version": decision.policy_version,
+        "created_at": plan.now,
+    }
+    if uow.postgres:
+        index = record_disclosure(uow, plan.entry, row)  # one statement (services/disclosure_statements.py)
+    else:
+        index = append_pending(uow, plan.entry)
+        _INSERT_DISCLOSURE.execute(uow.session, {**row, "audit_entry_id": index})
     uow.commit()
     if plan.effect == "deny":
         raise NoLegalBasisError(
@@ -299,42 +332,6 @@ def _record(uow: UnitOfWork, caller: Caller, ask: DisclosureAsk, plan: _Plan) ->
         "audit_entry_id": index,
         "records": disclosed,
     }
-
-
-def _store(
-    uow: UnitOfWork,
-    disclosure_id: str,
-    caller: Caller,
-    ask: DisclosureAsk,
-    effect: str,
-    basis: dict[str, Any] | None,
-    record_ids: list[str],
-    fields: list[str],
-    payload_sha256: str | None,
-    policy_version: str,
-    index: int,
-    now: datetime,
-) -> None:
-    _INSERT_DISCLOSURE.execute(
-        uow.session,
-        {
-            "id": disclosure_id,
-            "person_id": ask.person_id,
-            "kind": "request",
-            "recipient_org": caller.organisation_id,
-            "partner": caller.partner_id,
-            "category": ask.category,
-            "purpose": ask.purpose,
-            "effect": effect,
-            "basis": basis,
-            "record_ids": record_ids,
-            "fields": fields,
-            "payload_sha256": payload_sha256,
-            "policy_version": policy_version,
-            "audit_entry_id": index,
-            "created_at": now,
-        },
-    )
 
 
 def query_decision(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
 from typing import Any
 
@@ -178,7 +179,13 @@ def has_legal_representative(
     """Whether a registered, active mandate lets someone consent for the person now (read for the statutory
     exception that needs its absence, 703/2023 53 § 5–6 mom.), and the first moment after `now` when a mandate
     begins or ends — when the answer may change (None: never)."""
-    rows = _MANDATES_OF_PERSON.rows(uow.session, {"person_id": person_id})
+    return legal_representative(_MANDATES_OF_PERSON.rows(uow.session, {"person_id": person_id}), now, minor=minor)
+
+
+def legal_representative(rows: Iterable[Any], now: datetime, *, minor: bool) -> tuple[bool, datetime | None]:
+    """`has_legal_representative` from the person's representation rows (mandate, valid_from, valid_until) as
+    read."""
+    rows = tuple(rows)
     found = any(
         representation_active(row.valid_from, row.valid_until, now) and mandate_covers(row.mandate, minor=minor)
         for row in rows

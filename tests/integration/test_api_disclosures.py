@@ -6,7 +6,6 @@ import pytest
 from sqlalchemy import func, select
 
 from broker.adapters.orm import AuditEntryRow, DisclosureRow, RecordRow
-from broker.services import audit_log
 from schemas.records.examples import EXAMPLES
 from tests.support import Env
 
@@ -183,10 +182,11 @@ def test_nothing_is_disclosed_when_the_audit_entry_cannot_be_written(env: Env, m
         raise RuntimeError("log unavailable")
 
     monkeypatch.setattr("broker.services.disclosures.append_pending", broken)
+    monkeypatch.setattr("broker.services.disclosures.record_disclosure", broken)  # PostgreSQL's append
     response = ask(env, "varha-health", person_id, "work_assessment", "work_capacity_assessment")
     assert response.status_code == 500
     assert "records" not in response.get_data(as_text=True)
-    monkeypatch.setattr("broker.services.disclosures.append_pending", audit_log.append_pending)
+    monkeypatch.undo()
     assert audit_events(env) == before
     with env.broker.uow(write=False) as uow:
         assert uow.session.scalar(select(func.count()).select_from(DisclosureRow)) == 0

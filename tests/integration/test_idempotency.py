@@ -26,7 +26,7 @@ from broker.adapters.orm import (
 )
 from broker.cli import main
 from broker.domain.errors import NotFoundError
-from broker.services import audit_log, idempotency
+from broker.services import idempotency
 from broker.services.keys import rotate_keys
 from schemas.records.examples import EXAMPLES
 from tests.support import Env
@@ -330,6 +330,7 @@ def test_a_failure_in_the_use_case_stores_no_key_and_writes_nothing(env: Env, mo
         raise RuntimeError("log unavailable")
 
     monkeypatch.setattr("broker.services.disclosures.append_pending", broken)
+    monkeypatch.setattr("broker.services.disclosures.record_disclosure", broken)  # PostgreSQL's append
     key = new_key()
     failed = disclose(env, person_id, key)
     assert failed.status_code == 500
@@ -338,7 +339,7 @@ def test_a_failure_in_the_use_case_stores_no_key_and_writes_nothing(env: Env, mo
     assert count(env, DisclosureRow) == 0
     assert count(env, IdempotencyKeyRow) == 0
 
-    monkeypatch.setattr("broker.services.disclosures.append_pending", audit_log.append_pending)
+    monkeypatch.undo()
     retry = disclose(env, person_id, key)
 
     assert retry.status_code == 200 and REPLAYED not in retry.headers

@@ -61,6 +61,7 @@ from broker.domain.errors import ConfigurationError, NoLegalBasisError
 from broker.services import Broker, consents, disclosures, persons, records
 from broker.services.audit_log import append_pending
 from broker.services.consents import ConsentTerms
+from broker.services.disclosure_statements import record_disclosure
 from policies import Decision, decide
 from schemas.records.examples import EXAMPLES
 from tests.support import Env, make_env, new_hetu
@@ -160,6 +161,7 @@ class Adversary:
         self._guard = threading.Lock()
         self._decide = decide
         self._append_pending = append_pending
+        self._record_disclosure = record_disclosure
 
     @property
     def holds(self) -> bool:
@@ -183,6 +185,13 @@ class Adversary:
 
     def append_pending(self, *args: Any, **kwargs: Any) -> int:
         index: int = self._append_pending(*args, **kwargs)
+        if self.schedule == "held-before-committing":
+            self._wait()
+        return index
+
+    def record_disclosure(self, *args: Any, **kwargs: Any) -> int:
+        """PostgreSQL's append: the entry and the disclosure row in one statement (disclosure_statements.py)."""
+        index: int = self._record_disclosure(*args, **kwargs)
         if self.schedule == "held-before-committing":
             self._wait()
         return index
@@ -292,6 +301,7 @@ def run_trials(
     adversary = Adversary(hold)
     monkeypatch.setattr(disclosures, "decide", adversary.decide)
     monkeypatch.setattr(disclosures, "append_pending", adversary.append_pending)
+    monkeypatch.setattr(disclosures, "record_disclosure", adversary.record_disclosure)
     order = CommitOrder(broker)
     tally = Tally()
     try:

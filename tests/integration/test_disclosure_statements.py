@@ -1,0 +1,201 @@
+"""PostgreSQL reads a disclosure's facts and records in one statement and writes its entry and row in one
+(services/disclosure_statements.py). What they read and write must be exactly what the statement-per-table path
+reads and writes (`disclosures.read_facts`, `_RECORDS_TO_DISCLOSE`, `append_pending` with the disclosure insert):
+these tests run both on the same persons and compare."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text, update
+
+from broker.adapters.orm import AuditActorRow, AuditEntryRow, DisclosureRow, RecordRow
+from broker.demo import caller
+from broker.services import consents, disclosures, persons, records
+from broker.services.audit_log import new_entry
+from broker.services.consents import ConsentTerms
+from broker.services.disclosure_statements import read_facts_and_records, record_disclosure
+from schemas.records.examples import EXAMPLES
+from tests.support import Env, new_hetu
+
+CATEGORY, PURPOSE = "work_assessment", "work_capacity_assessment"
+
+
+@pytest.fixture(autouse=True)
+def _postgres_only(env: Env) -> None:
+    if env.broker.db.sqlite:
+        pytest.skip("the one-statement reads and writes are PostgreSQL's; SQLite keeps a statement per table")
+
+
+def a_person_with_everything(env: Env, *, born: date | None = None) -> str:
+    """A person with several consents (active, bounded, withdrawn), mandates (current and ended), relationships
+    (active and ended) and records (two sources, another category, one erased)."""
+    broker = env.broker
+    kisalli, health, social = (caller(broker, org) for org in ("kisalli", "varha-health", "varha-social-work"))
+    person_id = persons.resolve_person(broker, kisalli, new_hetu(born))
+    for org in (kisalli, health, social):
+        persons.start_relationship(broker, org, person_id)
+    persons.end_relationship(broker, social, person_id)
+    for org in (kisalli, health, kisalli):
+        env.clock.advance(seconds=1.5)  # distinct, fractional deposit times
+        records.deposit_record(broker, org, person_id, CATEGORY, EXAMPLES[CATEGORY])
+    erased = records.deposit_record(broker, kisalli, person_id, CATEGORY, EXAMPLES[CATEGORY])["record_id"]
+    with broker.uow() as uow:
+        uow.session.execute(update(RecordRow).where(RecordRow.id == erased).values(ciphertext=None))
+        uow.commit()
+    other = next(c for c in EXAMPLES if c != CATEGORY)
+    records.deposit_record(broker, kisalli, person_id, other, EXAMPLES[other])
+    now = env.clock.now()
+    for recipients, until in (
+        (["varha-health"], None),
+        (["varha-health", "varha-social-work"], now + timedelta(days=30)),
+    ):
+        terms = ConsentTerms(recipients=recipients, categories=[CATEGORY], purposes=[PURPOSE], valid_until=until)
+        consents.record_consent(broker, kisalli, person_id, terms, method="in_person", witness="witness")
+    withdrawn = consents.record_consent(
+        broker,
+        kisalli,
+        person_id,
+        ConsentTerms(recipients=["varha-social-work"], categories=[CATEGORY], purposes=[PURPOSE]),
+        method="in_person",
+        witness="witness",
+    )
+    consents.withdraw_consent(broker, kisalli, withdrawn["consent_id"], reason="changed mind")
+    minor = born is not None and born.year > 2008
+    mandates = ("custodian", "custodian") if minor else ("guardian_personal", "continuing_poa_personal")
+    for mandate, until in zip(mandates, (now + timedelta(days=90), None), strict=True):
+        persons.register_representative(
+            broker, kisalli, person_id, hetu=new_hetu(date(1970, 1, 1)), mandate=mandate, valid_until=until
+        )
+    return person_id
+
+
+def both_reads(env: Env, person_id: str, now: datetime) -> tuple[Any, Any]:
+    ask = disclosures.DisclosureAsk(person_id, CATEGORY, PURPOSE)
+    with env.broker.uow(write=False, core=True) as uow:
+        facts = disclosures.read_facts(uow, person_id, now)
+        rows = disclosures._RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": person_id, "category": CATEGORY})
+        one_read, one_rows = disclosures._read_in_one(uow, ask, now)
+    return (facts, rows), (one_read, one_rows)
+
+
+def comparable(read: Any, rows: list[Any]) -> tuple[Any, ...]:
+    facts = read.facts
+    # Neither read orders the consents, and a decision does not depend on their order (policies/engine.py `_latest`).
+    ordered = sorted(facts.consents, key=lambda c: c.consent_id)
+    return (
+        read.version,
+        read.valid_until,
+        facts.relationships,
+        facts.person_is_minor,
+        facts.has_legal_representative,
+        facts.person_age,
+        ordered,
+        [tuple(row) for row in rows],
+    )
+
+
+@pytest.mark.parametrize("born", [None, date(2010, 6, 1)], ids=["adult", "minor"])
+def test_the_one_statement_read_gives_what_the_statement_per_table_read_gives(env: Env, born: date | None) -> None:
+    person_id = a_person_with_everything(env, born=born)
+    for later in (timedelta(0), timedelta(days=40), timedelta(days=100)):  # before and after validity periods end
+        now = env.clock.now() + later
+        separate, together = both_reads(env, person_id, now)
+        assert comparable(*together) == comparable(*separate)
+    (read, rows), _ = both_reads(env, person_id, env.clock.now())
+    assert len(read.facts.consents) == 3 and len(rows) == 3  # the erased record and the other category left out
+    assert read.facts.relationships == frozenset({"kisalli", "varha-health"})
+    assert all(isinstance(row.ciphertext, bytes) and row.deposited_at.tzinfo is not None for row in rows)
+
+
+def test_a_person_with_nothing_reads_as_empty(env: Env) -> None:
+    person_id = persons.resolve_person(env.broker, caller(env.broker, "kisalli"), new_hetu())
+    separate, together = both_reads(env, person_id, env.clock.now())
+    assert comparable(*together) == comparable(*separate)
+    with env.broker.uow(write=False, core=True) as uow:
+        assert read_facts_and_records(uow, person_id, CATEGORY) == ((), [], frozenset(), [])
+
+
+def test_timestamps_read_alike_in_any_session_time_zone(env: Env) -> None:
+    # json_agg writes timestamps with the session's offset; the values must still be the same instants.
+    person_id = a_person_with_everything(env)
+    with env.broker.uow(write=False, core=True) as uow:
+        uow.session.execute(text("SET LOCAL TIME ZONE 'Europe/Helsinki'"))
+        _, mandates, _, rows = read_facts_and_records(uow, person_id, CATEGORY)
+        expected = disclosures._RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": person_id, "category": CATEGORY})
+    assert [row.deposited_at for row in rows] == [row.deposited_at for row in expected]
+    assert all(m.valid_from.utcoffset() is not None for m in mandates)
+
+
+def stored(env: Env, disclosure_id: str) -> tuple[Any, ...]:
+    with env.broker.uow(write=False) as uow:
+        row = uow.session.scalars(select(DisclosureRow).where(DisclosureRow.id == disclosure_id)).one()
+        entry = uow.session.get(AuditEntryRow, row.audit_entry_id)
+        actor = uow.session.get(AuditActorRow, row.audit_entry_id)
+        assert entry is not None
+        disclosure = {c.name: getattr(row, c.name) for c in DisclosureRow.__table__.c if c.name != "audit_entry_id"}
+        kept = {c.name: getattr(entry, c.name) for c in AuditEntryRow.__table__.c if c.name != "id"}
+        return disclosure, kept, (actor.actor_id, actor.salt) if actor else None
+
+
+@pytest.mark.parametrize("with_actor", [True, False])
+def test_the_one_statement_write_stores_what_the_separate_inserts_store(env: Env, with_actor: bool) -> None:
+    person_id = a_person_with_everything(env)
+    who = caller(env.broker, "varha-health")
+    now = datetime(2026, 11, 27, 10, 0, 0, 500_000, tzinfo=UTC)
+    # One entry, written both ways: its actor commitment has a fresh salt each time it is built.
+    entry = new_entry(
+        event="disclosure:permit",
+        now=now,
+        caller=who if with_actor else None,
+        person_id=person_id,
+        category=CATEGORY,
+        purpose=PURPOSE,
+        effect="permit",
+        basis={"kind": "consent", "consent_id": "con_x", "version": 1},
+        policy_version="p1",
+        record_ids=["rec_a", "rec_b"],
+        fields=["a", "b"],
+        payload_sha256="0" * 64,
+        detail={"disclosure_id": "dis_x", "withheld": 0},
+    )
+    written = []
+    for one_statement in (True, False):
+        disclosure_id = f"dis_{'one' if one_statement else 'two'}_{with_actor}"
+        row = {
+            "id": disclosure_id,
+            "person_id": person_id,
+            "kind": "request",
+            "recipient_org": "varha-health",
+            "partner": who.partner_id,
+            "category": CATEGORY,
+            "purpose": PURPOSE,
+            "effect": "permit",
+            "basis": {"kind": "consent", "consent_id": "con_x", "version": 1},
+            "record_ids": ["rec_a", "rec_b"],
+            "fields": ["a", "b"],
+            "payload_sha256": "0" * 64,
+            "policy_version": "p1",
+            "created_at": now,
+        }
+        with env.broker.uow(core=True) as uow:
+            if one_statement:
+                index = record_disclosure(uow, entry, row)
+            else:
+                index = disclosures.append_pending(uow, entry)
+                disclosures._INSERT_DISCLOSURE.execute(uow.session, {**row, "audit_entry_id": index})
+            uow.commit()
+        disclosure, kept, actor = stored(env, disclosure_id)
+        disclosure.pop("id")
+        written.append((disclosure, kept, actor))
+        assert (actor is not None) == with_actor
+        with env.broker.uow(write=False) as uow:
+            assert uow.session.scalar(
+                select(DisclosureRow.audit_entry_id).where(DisclosureRow.id == disclosure_id)
+            ) == (index)
+    assert written[0] == written[1]
+    # Both entries wait for the sequencer (the insert trigger queued them).
+    with env.broker.db.engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM audit_pending")).scalar()
