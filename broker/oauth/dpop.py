@@ -22,9 +22,16 @@ The URL a proof is checked against is the broker's public one: its issuer identi
 path prefix) followed by the route's path. The `Host` header and the scheme the server saw are never used — behind
 a proxy they are the proxy's, and trusting them would let a proof made for another host pass here.
 
+The proof is read and verified here with pyca/cryptography directly, not through joserfc's general JWS layer: it
+is on every request, and only one serialization (compact), two algorithms and two key types are ever accepted, so
+the general machinery (key objects, registries, header validation for every algorithm) cost more than the checks
+themselves. The rules joserfc applied while reading a proof are kept, so that exactly the same proofs are refused
+with the same words: strict, canonical base64url, size limits on the header and signature segments, an `alg`
+member in the header, and RFC 7797's `b64`. tests/unit/test_dpop_differential.py compares this module with the
+joserfc-based verifier it replaced (tests/oracle/dpop_joserfc.py) over valid, malformed and tampered proofs.
+
 Ed25519 and EdDSA: as for client assertions (assertion.py), a proof signed under the deprecated polymorphic name
-"EdDSA" (RFC 9864) is verified with joserfc's Ed25519 algorithm, so that joserfc's EdDSA model and its
-SecurityWarning are never reached.
+"EdDSA" (RFC 9864) is verified as Ed25519, the only curve the broker accepts under either name (RFC 8037 §3.1).
 
 Server nonces are stateless: an HMAC over the current time step, so that every worker and every process agrees
 on them without shared state. A nonce is accepted during its own step and the next one.
@@ -33,22 +40,25 @@ on them without shared state. A nonce is accepted during its own step and the ne
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from joserfc import jwk, jws
-from joserfc.errors import JoseError
-from joserfc.jws import JWSRegistry
-from joserfc.util import urlsafe_b64decode
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from broker.oauth.assertion import holds_nul
 from broker.oauth.errors import DpopNonceError, DpopProofError
@@ -63,21 +73,28 @@ MAX_PROOF_LENGTH = 4096
 MAX_JTI_LENGTH = 200
 
 
+#: Longer header segments are refused before they are decoded: `typ`, `alg` and a P-256 `jwk` encode to under 300
+#: characters. (joserfc's limit, kept from when it read the proofs.)
+MAX_HEADER_SEGMENT_LENGTH = 512
+#: Longer signature segments are refused before they are decoded; an Ed25519 or ES256 signature is 86 characters.
+MAX_SIGNATURE_SEGMENT_LENGTH = 1024
+
+
 @dataclass(frozen=True)
 class _Algorithm:
     kty: str
     crv: str
-    verify_as: str
 
 
 _ALGORITHMS = {
-    "EdDSA": _Algorithm("OKP", "Ed25519", "Ed25519"),
-    "Ed25519": _Algorithm("OKP", "Ed25519", "Ed25519"),
-    "ES256": _Algorithm("EC", "P-256", "ES256"),
+    "EdDSA": _Algorithm("OKP", "Ed25519"),
+    "Ed25519": _Algorithm("OKP", "Ed25519"),
+    "ES256": _Algorithm("EC", "P-256"),
 }
-_VERIFYING_REGISTRY = JWSRegistry(algorithms=["Ed25519", "ES256"])
-# Only used to take the three segments apart with joserfc's size limits; verification picks its own algorithm.
-_READING_REGISTRY = JWSRegistry(algorithms=list(DPOP_SIGNING_ALGORITHMS))
+_PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
+# ES256 is ECDSA with P-256 and SHA-256 (RFC 7518 §3.4); the signature is R and S, 32 octets each, big-endian.
+_ES256 = ec.ECDSA(hashes.SHA256())
+_ES256_HALF = 32
 # The members of a public key that the key is made of (RFC 7638 §3.2); others (`kid`, `use`, …) are ignored.
 _PUBLIC_MEMBERS = {"OKP": ("kty", "crv", "x"), "EC": ("kty", "crv", "x", "y")}
 # Members that only a private (or symmetric) key has (RFC 7518 §6.2.2, §6.3.2, §6.4; RFC 8037 §2).
@@ -85,6 +102,13 @@ _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 # The proof's key is its `jwk` and nothing else; extensions the broker does not understand are refused
 # (RFC 7515 §4.1.11 `crit`, RFC 7797 `b64`).
 _REFUSED_HEADER = ("jku", "x5u", "x5c", "x5t", "x5t#S256", "crit", "b64")
+# base64url's alphabet (RFC 4648 §5), without padding (RFC 7515 §2), and its translation to base64's (§4).
+_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*")
+_TO_BASE64 = bytes.maketrans(b"-_", b"+/")
+# RFC 4648 §3.5: a canonical encoding leaves the bits after the last octet at zero, so the last character of a
+# segment of 2 (or 3) characters modulo 4 carries 2 (or 4) data bits and has the low 4 (or 2) bits clear. Other
+# last characters would give a second spelling of the same octets; they are refused.
+_CANONICAL_LAST = {2: frozenset(b"AQgw"), 3: frozenset(b"AEIMQUYcgkosw048")}
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -162,7 +186,7 @@ def verify_proof(
         raise DpopProofError("The request carries more than one 'DPoP' header (RFC 9449 §4.3).")
     header, claims, signing_input, signature = _read(values[0])
     key, thumbprint = _check_header(header)
-    _verify_signature(header["alg"], key, signing_input, signature)
+    _verify_signature(key, signing_input, signature)
     jti = _check_claims(claims, method=method, url=url)
     if nonces is not None:
         _check_nonce(claims, nonces, now)
@@ -202,29 +226,85 @@ _normalised_request_url = lru_cache(maxsize=4096)(normalise_url)
 # --- the checks ---
 
 
-def _read(value: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+def _read(value: str) -> tuple[Mapping[str, Any], dict[str, Any], bytes, bytes]:
     if len(value) > MAX_PROOF_LENGTH:
         raise DpopProofError(f"The DPoP proof is longer than {MAX_PROOF_LENGTH} characters.")
     if not value.isascii():
         raise DpopProofError("The DPoP proof is not a JWS compact serialization.")
+    # RFC 7515 §7.1: BASE64URL(header) "." BASE64URL(payload) "." BASE64URL(signature), nothing else.
+    segments = value.encode("ascii").split(b".")
+    if len(segments) != 3:
+        raise DpopProofError("The DPoP proof is not a JWS compact serialization.")
+    header_segment, payload_segment, signature_segment = segments
+    if len(header_segment) > MAX_HEADER_SEGMENT_LENGTH or len(signature_segment) > MAX_SIGNATURE_SEGMENT_LENGTH:
+        raise DpopProofError("The DPoP proof is not a JWS compact serialization.")
+    header = _decoded_header(header_segment)
     try:
-        obj = jws.extract_compact(value.encode("ascii"), registry=_READING_REGISTRY)
-        signature = urlsafe_b64decode(obj.segments["signature"])
-    except (JoseError, ValueError) as error:
+        payload = payload_segment if _unencoded_payload(header) else _base64url_decode(payload_segment)
+        signature = _base64url_decode(signature_segment)
+    except ValueError as error:
         raise DpopProofError("The DPoP proof is not a JWS compact serialization.") from error
     try:
-        claims = json.loads(obj.payload)
-    except (TypeError, ValueError) as error:
+        claims = json.loads(payload)
+    except (ValueError, RecursionError) as error:
         raise DpopProofError("The DPoP proof's payload is not JSON.") from error
     if not isinstance(claims, dict):
         raise DpopProofError("The DPoP proof's payload is not a JSON object.")
-    if holds_nul(claims):
+    try:
+        nul = holds_nul(claims)
+    except RecursionError as error:  # nested deeper than the interpreter's stack: no proof needs that
+        raise DpopProofError("The DPoP proof's payload is not JSON.") from error
+    if nul:
         raise DpopProofError("The DPoP proof's claims must not contain the character U+0000.")
-    signing_input = obj.segments["header"] + b"." + obj.segments["payload"]
-    return dict(obj.headers()), claims, signing_input, signature
+    return header, claims, header_segment + b"." + payload_segment, signature
 
 
-def _check_header(header: dict[str, Any]) -> tuple[jwk.Key, str]:
+# A partner's proofs all carry the same header (its `typ`, `alg` and `jwk`): it is decoded once, not on every request.
+# Bounded like the key cache, and read-only, as the requests that send it share it. A segment that is not a JSON
+# object with `alg` raises and is not cached; the members are checked on every request (`_check_header`).
+@lru_cache(maxsize=1024)
+def _decoded_header(segment: bytes) -> Mapping[str, Any]:
+    try:
+        header = json.loads(_base64url_decode(segment))
+    except (ValueError, RecursionError) as error:
+        raise DpopProofError("The DPoP proof is not a JWS compact serialization.") from error
+    # Every JWS header names its algorithm (RFC 7515 §4.1.1); `alg` is checked against the broker's list later.
+    if not isinstance(header, dict) or "alg" not in header:
+        raise DpopProofError("The DPoP proof is not a JWS compact serialization.")
+    return MappingProxyType(header)
+
+
+def _base64url_decode(segment: bytes) -> bytes:
+    """Strict base64url (RFC 7515 §2): the URL-safe alphabet only, no padding, no white space, canonical.
+
+    `base64.urlsafe_b64decode` alone would skip characters outside the alphabet and accept `+`, `/` and `=`; the
+    segment is matched against the alphabet first, so that a proof has exactly one spelling, and then decoded
+    strictly."""
+    remainder = len(segment) % 4
+    if (
+        remainder == 1  # 6 bits cannot end an octet
+        or not _BASE64URL.fullmatch(segment)
+        or (remainder and segment[-1] not in _CANONICAL_LAST[remainder])
+    ):
+        raise ValueError("not canonical base64url")
+    return binascii.a2b_base64(segment.translate(_TO_BASE64) + b"=" * (-remainder % 4), strict_mode=True)
+
+
+def _unencoded_payload(header: Mapping[str, Any]) -> bool:
+    """RFC 7797 §3, §6: `"b64": false`, listed in `crit`, means the payload segment is the payload itself.
+
+    Such a proof is refused by `_check_header` (`crit` and `b64` are not accepted); until then it is read as an
+    RFC 7797 JWS, so that it is refused at the same check, with the same words, as by joserfc before. `b64` without
+    `crit` is a malformed JWS (RFC 7797 §6: it must be understood)."""
+    if "b64" not in header or header["b64"] is True:
+        return False
+    crit = header.get("crit")
+    if isinstance(crit, list) and "b64" in crit:
+        return True
+    raise ValueError("'b64' is not listed in 'crit'")
+
+
+def _check_header(header: Mapping[str, Any]) -> tuple[_PublicKey, str]:
     typ = header.get("typ")
     # Media types compare case-insensitively and may leave out "application/" (RFC 7515 §4.1.9).
     if not isinstance(typ, str) or typ.lower().removeprefix("application/") != PROOF_TYPE:
@@ -257,26 +337,52 @@ def _check_header(header: dict[str, Any]) -> tuple[jwk.Key, str]:
 
 # A partner signs every proof with the same key: importing it (point decoding, for EC an on-curve check) and its
 # RFC 7638 thumbprint are done once per key, not once per request. Bounded, so that many keys only evict others.
+# A key that is refused raises, and is not cached.
 @lru_cache(maxsize=1024)
-def _public_key(kty: str, members: tuple[tuple[str, str], ...]) -> tuple[jwk.Key, str]:
+def _public_key(kty: str, members: tuple[tuple[str, str], ...]) -> tuple[_PublicKey, str]:
+    jwk = dict(members)
+    key: _PublicKey
     try:
-        key = jwk.import_key(dict(members))
-    except (JoseError, ValueError, TypeError) as error:
+        if kty == "OKP":
+            # RFC 8037 §2: `x` is the 32-octet public key itself (RFC 8032 §5.1.5).
+            key = Ed25519PublicKey.from_public_bytes(_base64url_decode(jwk["x"].encode()))
+        else:
+            # RFC 7518 §6.2.1: `x` and `y` are the point's coordinates, big-endian; the import checks that the
+            # point is on P-256. Leading zero octets are tolerated, as joserfc tolerated them.
+            x, y = _coordinate(jwk["x"]), _coordinate(jwk["y"])
+            key = ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
+    except ValueError as error:
         raise DpopProofError("The DPoP proof's 'jwk' is not a valid public key.") from error
-    if key.key_type != kty:
-        raise DpopProofError("The DPoP proof's 'jwk' is not a valid public key.")
-    return key, key.thumbprint()
+    return key, _thumbprint(members)
 
 
-def _verify_signature(alg: str, key: jwk.Key, signing_input: bytes, signature: bytes) -> None:
-    algorithm = _VERIFYING_REGISTRY.get_alg(_ALGORITHMS[alg].verify_as)
+def _coordinate(member: str) -> int:
+    data = _base64url_decode(member.encode())
+    if not data:
+        raise ValueError("an empty coordinate")
+    return int.from_bytes(data, "big")
+
+
+def _thumbprint(members: tuple[tuple[str, str], ...]) -> str:
+    """RFC 7638 §3: the SHA-256 of the required members, ordered by name, as JSON without white space."""
+    canonical = json.dumps(dict(sorted(members)), ensure_ascii=True, separators=(",", ":"))
+    return _b64(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def _verify_signature(key: _PublicKey, signing_input: bytes, signature: bytes) -> None:
+    # `_check_header` took the key's type from `alg`: an Ed25519 key for EdDSA / Ed25519, a P-256 key for ES256.
     try:
-        algorithm.check_key(key)
-        valid = algorithm.verify(signing_input, signature, key)
-    except (JoseError, ValueError) as error:
+        if isinstance(key, Ed25519PublicKey):
+            key.verify(signature, signing_input)  # RFC 8037 §3.1
+            return
+        # RFC 7518 §3.4: the JWS signature is R || S, each 32 octets; pyca verifies a DER-encoded ECDSA signature.
+        if len(signature) != 2 * _ES256_HALF:
+            raise InvalidSignature
+        r = int.from_bytes(signature[:_ES256_HALF], "big")
+        s = int.from_bytes(signature[_ES256_HALF:], "big")
+        key.verify(encode_dss_signature(r, s), signing_input, _ES256)
+    except (InvalidSignature, ValueError) as error:
         raise DpopProofError("The DPoP proof's signature is invalid.") from error
-    if not valid:
-        raise DpopProofError("The DPoP proof's signature is invalid.")
 
 
 def _check_claims(claims: dict[str, Any], *, method: str, url: str) -> str:
