@@ -8,10 +8,15 @@ Numbers are integers only. ECMAScript number serialisation of floats (RFC 8785 �
 that implementations most often get wrong, and the audit log has no use for fractions; refusing them keeps
 every conforming verifier in agreement. Integers are held to I-JSON's exactly representable range
 (RFC 7493 §2.2), inside which an integer's ECMAScript serialisation is its plain decimal form.
+
+Every audit entry is canonicalised while its event's request waits, so there are two paths to the same bytes:
+the standard library's C encoder for plain values (`canonical_text`; a value is checked to be plain before it
+is trusted to it), and `_write`, the general path, for everything else, refusals included.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -35,6 +40,22 @@ _ESCAPES = {code: f"\\u{code:04x}" for code in range(0x20)} | {
 }
 _NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
 
+# The standard library's C encoder with these options agrees with RFC 8785 on every value `_plain` accepts:
+# - strings (RFC 8785 §3.2.2.2): with ensure_ascii=False it escapes exactly '"', '\\' and U+0000-U+001F, with
+#   \b \t \n \f \r where ECMAScript has them and \u00xx in lowercase hex otherwise, and writes every other
+#   character as itself (DEL, U+2028 and U+2029 included), as `_string` does; lone surrogates pass through into
+#   the text and `utf8` refuses them, as `canonical_json` does;
+# - literals and integers (RFC 8785 §3.2.2.1, §3.2.2.3): null, true, false and int's own decimal form, which is
+#   the ECMAScript form inside I-JSON's range;
+# - members (RFC 8785 §3.2.3): sort_keys sorts by code point, which is UTF-16 code-unit order as long as no
+#   member name holds a character above U+FFFF (`_member_names`);
+# - no whitespace (RFC 8785 §3.2.1): the separators.
+# check_circular is off because `_plain` bounds the depth; allow_nan is moot, as floats are not plain.
+_PLAIN_ENCODER = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, check_circular=False, allow_nan=False
+)
+_INVALID_UNICODE = "strings must be valid Unicode, without lone surrogates (RFC 7493 §2.1)"
+
 
 def canonical_json(value: object) -> bytes:
     """Return the RFC 8785 canonical UTF-8 bytes of `value`.
@@ -43,12 +64,60 @@ def canonical_json(value: object) -> bytes:
     floats included, raises CanonicalisationError, as do strings that are not valid Unicode (lone surrogates,
     which RFC 7493 §2.1 forbids).
     """
-    out: list[str] = []
     try:
-        _write(value, out, 0)
-        return "".join(out).encode("utf-8")
+        text = canonical_text(value)
+        if text is None:
+            out: list[str] = []
+            _write(value, out, 0)
+            text = "".join(out)
+        return text.encode("utf-8")
     except UnicodeEncodeError:
-        raise CanonicalisationError("strings must be valid Unicode, without lone surrogates (RFC 7493 §2.1)") from None
+        raise CanonicalisationError(_INVALID_UNICODE) from None
+
+
+def canonical_text(value: object) -> str | None:
+    """The RFC 8785 canonical text of `value`, or None when `value` is outside the plain subset in which the
+    standard library's encoder writes exactly RFC 8785's text (see `_plain`); `canonical_json` then takes the
+    general path, which also gives the errors. The caller encodes the text with `utf8`, which refuses lone
+    surrogates as `canonical_json` does."""
+    return _PLAIN_ENCODER.encode(value) if _plain(value, 0) else None
+
+
+def utf8(text: str) -> bytes:
+    """`text` (from `canonical_text`) in UTF-8; CanonicalisationError for a lone surrogate (RFC 7493 §2.1)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CanonicalisationError(_INVALID_UNICODE) from None
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Whether `value` is built only of what `_PLAIN_ENCODER` writes exactly as `_write` would: str, None, bool,
+    int within ±(2**53 - 1), list, tuple and dict with str member names none of which holds a character above
+    U+FFFF, nested at most MAX_DEPTH deep. Exact types only: the two may write a subclass differently (`_write`
+    writes a str subclass's own __str__ and a dict subclass's own __getitem__), so every subclass takes the
+    general path."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return True
+    if kind is int:
+        safe: bool = -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+        return safe
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        for name in value:
+            if type(name) is not str or (not name.isascii() and max(name) > "\uffff"):
+                return False
+        items = value.values()
+    elif kind is list or kind is tuple:
+        items = value
+    else:
+        return False
+    for item in items:  # noqa: SIM110  # a loop: all() over a generator costs more, on every node of every entry
+        if type(item) is not str and not _plain(item, depth + 1):
+            return False
+    return True
 
 
 def _string(text: str) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from audit.canonical import canonical_json
+from audit.canonical import canonical_json, canonical_text, utf8
 from audit.errors import AuditError
 
 ENTRY_VERSION = 1
@@ -55,6 +55,12 @@ EVENT_TYPES = frozenset(
 # the six digits from being the tail of a longer token: without it about one random UUID in a hundred
 # ("…345678-1234-…") would look like a code and stop the disclosure that tried to log it.
 _HETU_LIKE = re.compile(r"(?<![0-9A-Za-z])\d{6}[-+A-FU-Y]\d{3}[0-9A-Y]")
+# The same test written to start at the character after the six digits: a string has a match of this exactly
+# when it has one of _HETU_LIKE (both ask for the same characters at the same places), but that character
+# ("-", "+" or a capital) is rare in entries, so re skips ahead to it instead of trying the pattern at every
+# digit of every hex digest: about four times faster over a disclosure's entry. Used on the whole canonical
+# text of an entry (`_encode`).
+_HETU_SEPARATOR_FIRST = re.compile(r"[-+A-FU-Y](?<=(?<![0-9A-Za-z])\d{6}[-+A-FU-Y])\d{3}[0-9A-Y]")
 _HEX_256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -91,28 +97,27 @@ def encode_entry(
     Members whose value is None are left out. Raises AuditError when an argument is malformed or a string
     anywhere in the entry looks like a personal identity code.
     """
-    return canonical_json(
-        _entry(
-            index=index,
-            logged_at=logged_at,
-            event=event,
-            request_id=request_id,
-            partner=partner,
-            organisation=organisation,
-            actor_role=actor_role,
-            actor_commitment=actor_commitment,
-            person_id=person_id,
-            category=category,
-            purpose=purpose,
-            effect=effect,
-            basis=basis,
-            policy_version=policy_version,
-            record_ids=record_ids,
-            fields=fields,
-            payload_sha256=payload_sha256,
-            detail=detail,
-        )
+    entry = _entry(
+        index=index,
+        logged_at=logged_at,
+        event=event,
+        request_id=request_id,
+        partner=partner,
+        organisation=organisation,
+        actor_role=actor_role,
+        actor_commitment=actor_commitment,
+        person_id=person_id,
+        category=category,
+        purpose=purpose,
+        effect=effect,
+        basis=basis,
+        policy_version=policy_version,
+        record_ids=record_ids,
+        fields=fields,
+        payload_sha256=payload_sha256,
+        detail=detail,
     )
+    return _encode(entry, entry)[0]
 
 
 def _entry(
@@ -174,11 +179,30 @@ def _entry(
         "payload_sha256": payload_sha256,
         "detail": detail,
     }
-    entry = {name: value for name, value in entry.items() if value is not None}
+    return {name: value for name, value in entry.items() if value is not None}
+
+
+def _encode(entry: dict[str, Any], *parts: dict[str, Any]) -> list[bytes]:
+    """The canonical bytes of each of `parts` (which hold `entry`'s members), once `entry` has been checked for
+    anything that looks like a personal identity code. The refusals and their order are those of checking each
+    member's strings (`_refuse_identity_codes`) and then canonicalising each part in turn.
+
+    The check searches the canonical text instead of every string one by one, when that text has no backslash,
+    that is, no escape (RFC 8785 §3.2.2.2): then each string stands in it as itself between quotes, and a match,
+    made only of letters, digits, "+" and "-", can neither span a quote nor arise outside a string, where the
+    only digits are integers and are followed by "," "]" or "}". Anything else is checked string by string."""
+    texts = [canonical_text(part) for part in parts]
+    if any(text is None or "\\" in text or _HETU_SEPARATOR_FIRST.search(text) for text in texts):
+        _refuse_identity_codes(entry)
+    return [canonical_json(part) if text is None else utf8(text) for part, text in zip(parts, texts, strict=True)]
+
+
+def _refuse_identity_codes(entry: dict[str, Any]) -> None:
+    """Raise AuditError naming the first member, in entry order, with a string (a member name included) that
+    looks like an identity code; its name only, never the string (audit/errors.py)."""
     for name in entry:
         if any(_HETU_LIKE.search(s) for s in _strings(entry[name])):
             raise AuditError(f"{name} contains something that looks like a personal identity code")
-    return entry
 
 
 def encode_pending(**arguments: Any) -> tuple[bytes, int]:
@@ -197,8 +221,11 @@ def encode_pending(**arguments: Any) -> tuple[bytes, int]:
     entry = _entry(index=0, **arguments)
     del entry["index"]
     # Member names are ASCII, so UTF-16 code-unit order (RFC 8785 §3.2.3) is plain string order here.
-    before = canonical_json({name: value for name, value in entry.items() if name < "index"})
-    after = canonical_json({name: value for name, value in entry.items() if name > "index"})
+    before, after = _encode(
+        entry,
+        {name: value for name, value in entry.items() if name < "index"},
+        {name: value for name, value in entry.items() if name > "index"},
+    )
     return before[:-1] + b"," + after[1:], len(before)
 
 

@@ -35,12 +35,15 @@ _INSERT_ENTRY = Prepared(insert(_ENTRIES).returning(_ENTRIES.c.id))
 _INSERT_ACTOR = Prepared(insert(AuditActorRow.__table__))
 
 
+# The encoder `payload_digest` uses, built once: json.dumps with these options builds a new one on every call.
+_PAYLOAD_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def payload_digest(payload: object) -> str:
     """SHA-256 (hex) of a disclosed payload: the JSON with sorted keys, no whitespace, UTF-8. Record content may
     hold fractions (hours, rates), which the log's own canonical form refuses; this digest only has to be
     reproducible from the response the recipient received, not be a log entry."""
-    data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_PAYLOAD_JSON.encode(payload).encode("utf-8")).hexdigest()
 
 
 def append_entry(uow: UnitOfWork, **fields: Any) -> int:
