@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
-from broker.adapters.database import Prepared
+from broker.adapters.database import PooledConnection, Prepared
 from broker.adapters.orm import AccessTokenRow, OrganisationRow, PartnerRow
 from broker.domain.clock import utc
 from broker.domain.model import Caller
@@ -144,7 +144,7 @@ def check_request(
     if session is not None:
         caller = _caller_for(session, token, proof, required_scope, now)
     else:
-        with broker.db.one_statement() as connection:
+        with broker.db.one_prepared() as connection:  # one Prepared statement needs no Connection around it
             caller = _caller_for(connection, token, proof, required_scope, now)
     return caller, proof
 
@@ -190,7 +190,7 @@ def _verify_proof(broker: Broker, dpop: DpopRequest | None, token: str, now: dat
 
 
 def _caller_for(
-    session: Session | Connection,
+    session: Session | Connection | PooledConnection,
     token: str,
     proof: DpopProof | None,
     required_scope: str | tuple[str, ...],

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from joserfc.jwk import ECKey, OKPKey
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from broker.adapters.orm import AccessTokenRow, DisclosureRow, DpopProofJtiRow
 from broker.config import Settings
@@ -44,7 +44,7 @@ from tests.integration.conftest_oauth import (
     signed_by_hand,
     unsigned,
 )
-from tests.integration.test_api_disclosures import ask, consent_to_health, deposit
+from tests.integration.test_api_disclosures import consent_to_health, deposit
 from tests.support import DpopSigner, Env, access_token_hash
 
 RESOURCE = "/protected/consents"
@@ -557,24 +557,8 @@ def _count(env: Env, row: type) -> int:
         return int(uow.session.scalar(select(func.count()).select_from(row)) or 0)
 
 
-def test_a_disclosure_uses_its_proof_in_its_own_transaction(env: Env) -> None:
-    # One durable commit per disclosure: the proof's jti is inserted by the disclosure's transaction, not by one of
-    # its own (on SQLite that would be a second turn of the write lock and a second fsync per request).
-    person_id = _ready_for_disclosure(env)
-    commits: list[object] = []
-
-    def count_commit(connection: object) -> None:
-        commits.append(connection)
-
-    before = _count(env, DpopProofJtiRow)
-    event.listen(env.broker.db.engine, "commit", count_commit)
-    try:
-        response = ask(env, "varha-health", person_id, "work_assessment", "work_capacity_assessment")
-    finally:
-        event.remove(env.broker.db.engine, "commit", count_commit)
-    assert response.status_code == 200, response.get_json()
-    assert len(commits) == 1
-    assert _count(env, DpopProofJtiRow) == before + 1
+# That a disclosure uses its proof in its own transaction — one durable commit per disclosure, counted at the
+# driver — is tested in test_disclosure_commits.py.
 
 
 def test_a_replayed_disclosure_proof_is_refused_and_discloses_nothing(env: Env) -> None:
