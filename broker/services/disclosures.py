@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import insert
 
 from broker.adapters.database import Prepared
-from broker.adapters.orm import DisclosureRow, RecordRow
+from broker.adapters.orm import DisclosureRow
 from broker.adapters.uow import UnitOfWork, join_ambient
 from broker.domain.clock import utc
 from broker.domain.errors import (
@@ -36,7 +36,11 @@ from broker.domain.model import Caller
 from broker.services import Broker, new_id
 from broker.services.audit_log import PendingEntry, append_entry, append_pending, new_entry, payload_digest
 from broker.services.consents import consent_facts
-from broker.services.disclosure_statements import read_facts_and_records, record_disclosure
+from broker.services.disclosure_statements import (
+    read_facts_and_records,
+    read_person_facts_and_records,
+    record_disclosure,
+)
 from broker.services.persons import (
     active_relationship_orgs,
     age,
@@ -52,27 +56,6 @@ from broker.services.sequencer import require_anchored
 from policies import ConsentFact, Decision, DecisionRequest, Facts, StatutoryException, decide
 from schemas.records import project
 
-_RECORDS = RecordRow.__table__
-# Prebuilt Core statements for the disclosure transaction: built and compiled once, no ORM objects per request.
-_RECORDS_TO_DISCLOSE = Prepared(
-    select(
-        _RECORDS.c.id,
-        _RECORDS.c.person_id,
-        _RECORDS.c.category,
-        _RECORDS.c.source_org,
-        _RECORDS.c.deposited_at,
-        _RECORDS.c.kek_id,
-        _RECORDS.c.wrapped_key,
-        _RECORDS.c.nonce,
-        _RECORDS.c.ciphertext,
-    )
-    .where(
-        _RECORDS.c.person_id == bindparam("person_id"),
-        _RECORDS.c.category == bindparam("category"),
-        _RECORDS.c.ciphertext.is_not(None),
-    )
-    .order_by(_RECORDS.c.deposited_at, _RECORDS.c.id)
-)
 _INSERT_DISCLOSURE = Prepared(insert(DisclosureRow.__table__))
 
 
@@ -207,11 +190,7 @@ def _still_holds(uow: UnitOfWork, ask: DisclosureAsk, plan: _Plan, now: datetime
 def _plan(broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, now: datetime) -> _Plan:
     """Read the facts and the records, decide for each source, open and project what is permitted, and build the
     audit entry. Writes nothing."""
-    if uow.postgres:
-        read, records = _read_in_one(uow, ask, now)
-    else:
-        read = read_facts(uow, ask.person_id, now)
-        records = _RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": ask.person_id, "category": ask.category})
+    read, records = _read_in_one(uow, ask, now)
     decisions: dict[str, Decision] = {}
     for source in sorted({r.source_org for r in records}):
         request = _request(caller, ask, source, organisation_type(broker, uow, source))
@@ -267,10 +246,15 @@ def _plan(broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, n
 
 
 def _read_in_one(uow: UnitOfWork, ask: DisclosureAsk, now: datetime) -> tuple[FactsRead, list[Any]]:
-    """PostgreSQL: `read_facts` and the records, in two statements — the person's row lock, then everything else
-    (services/disclosure_statements.py)."""
-    born, version = lock_person_birth_date(uow, ask.person_id, exclusive=False)
-    consents, mandates, relationships, records = read_facts_and_records(uow, ask.person_id, ask.category)
+    """`read_facts` and the records of the asked category in fewer statements (services/disclosure_statements.py):
+    on PostgreSQL the person's row lock, then everything else; on SQLite one."""
+    if uow.postgres:
+        born, version = lock_person_birth_date(uow, ask.person_id, exclusive=False)
+        consents, mandates, relationships, records = read_facts_and_records(uow, ask.person_id, ask.category)
+    else:
+        born, version, consents, mandates, relationships, records = read_person_facts_and_records(
+            uow, ask.person_id, ask.category
+        )
     represented, mandate_turns = legal_representative(mandates, now, minor=is_minor(born, now))
     return _facts_read(born, version, consents, represented, mandate_turns, relationships, now), records
 

@@ -1,7 +1,7 @@
-"""PostgreSQL reads a disclosure's facts and records in one statement and writes its entry and row in one
-(services/disclosure_statements.py). What they read and write must be exactly what the statement-per-table path
-reads and writes (`disclosures.read_facts`, `_RECORDS_TO_DISCLOSE`, `append_pending` with the disclosure insert):
-these tests run both on the same persons and compare."""
+"""A disclosure reads its facts and records in one statement (after the person's row lock on PostgreSQL), and on
+PostgreSQL writes its entry, actor and row in one (services/disclosure_statements.py). What they read and write
+must be exactly what the statement-per-table path reads and writes (`disclosures.read_facts`, the records query
+below, `append_pending` with the disclosure insert): these tests run both on the same persons and compare."""
 
 from __future__ import annotations
 
@@ -9,24 +9,48 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 
+from broker.adapters.database import Prepared
 from broker.adapters.orm import AuditActorRow, AuditEntryRow, DisclosureRow, RecordRow
 from broker.demo import caller
+from broker.domain.errors import UnknownPersonError
 from broker.services import consents, disclosures, persons, records
 from broker.services.audit_log import new_entry
 from broker.services.consents import ConsentTerms
-from broker.services.disclosure_statements import read_facts_and_records, record_disclosure
+from broker.services.disclosure_statements import (
+    read_facts_and_records,
+    read_person_facts_and_records,
+    record_disclosure,
+)
 from schemas.records.examples import EXAMPLES
 from tests.support import Env, new_hetu
 
 CATEGORY, PURPOSE = "work_assessment", "work_capacity_assessment"
 
 
-@pytest.fixture(autouse=True)
-def _postgres_only(env: Env) -> None:
+_RECORDS = RecordRow.__table__
+# The records of a category as disclosures read them before (and as the reads here must give them): oldest first.
+_RECORDS_TO_DISCLOSE = Prepared(
+    select(
+        *(
+            _RECORDS.c[name]
+            for name in ("id", "person_id", "category", "source_org", "deposited_at", "kek_id", "wrapped_key", "nonce")
+        ),
+        _RECORDS.c.ciphertext,
+    )
+    .where(
+        _RECORDS.c.person_id == bindparam("person_id"),
+        _RECORDS.c.category == bindparam("category"),
+        _RECORDS.c.ciphertext.is_not(None),
+    )
+    .order_by(_RECORDS.c.deposited_at, _RECORDS.c.id)
+)
+
+
+def postgres_only(env: Env) -> None:
     if env.broker.db.sqlite:
-        pytest.skip("the one-statement reads and writes are PostgreSQL's; SQLite keeps a statement per table")
+        pytest.skip("PostgreSQL's: SQLite has neither a session time zone nor data-modifying CTEs")
 
 
 def a_person_with_everything(env: Env, *, born: date | None = None) -> str:
@@ -76,7 +100,7 @@ def both_reads(env: Env, person_id: str, now: datetime) -> tuple[Any, Any]:
     ask = disclosures.DisclosureAsk(person_id, CATEGORY, PURPOSE)
     with env.broker.uow(write=False, core=True) as uow:
         facts = disclosures.read_facts(uow, person_id, now)
-        rows = disclosures._RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": person_id, "category": CATEGORY})
+        rows = _RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": person_id, "category": CATEGORY})
         one_read, one_rows = disclosures._read_in_one(uow, ask, now)
     return (facts, rows), (one_read, one_rows)
 
@@ -107,7 +131,9 @@ def test_the_one_statement_read_gives_what_the_statement_per_table_read_gives(en
     (read, rows), _ = both_reads(env, person_id, env.clock.now())
     assert len(read.facts.consents) == 3 and len(rows) == 3  # the erased record and the other category left out
     assert read.facts.relationships == frozenset({"kisalli", "varha-health"})
-    assert all(isinstance(row.ciphertext, bytes) and row.deposited_at.tzinfo is not None for row in rows)
+    assert all(isinstance(row.ciphertext, bytes) for row in rows)
+    # Times come back aware from PostgreSQL and naive (UTC) from SQLite, whichever way they are read.
+    assert all((row.deposited_at.tzinfo is None) == env.broker.db.sqlite for row in rows)
 
 
 def test_a_person_with_nothing_reads_as_empty(env: Env) -> None:
@@ -115,16 +141,29 @@ def test_a_person_with_nothing_reads_as_empty(env: Env) -> None:
     separate, together = both_reads(env, person_id, env.clock.now())
     assert comparable(*together) == comparable(*separate)
     with env.broker.uow(write=False, core=True) as uow:
-        assert read_facts_and_records(uow, person_id, CATEGORY) == ((), [], frozenset(), [])
+        if env.broker.db.sqlite:
+            assert read_person_facts_and_records(uow, person_id, CATEGORY)[2:] == ((), [], frozenset(), [])
+        else:
+            assert read_facts_and_records(uow, person_id, CATEGORY) == ((), [], frozenset(), [])
+
+
+def test_an_unknown_person_is_refused_as_before(env: Env) -> None:
+    ask = disclosures.DisclosureAsk("per_nobody", CATEGORY, PURPOSE)
+    with env.broker.uow(write=False, core=True) as uow, pytest.raises(UnknownPersonError) as refused:
+        disclosures._read_in_one(uow, ask, env.clock.now())
+    with env.broker.uow(write=False, core=True) as uow, pytest.raises(UnknownPersonError) as before:
+        disclosures.read_facts(uow, "per_nobody", env.clock.now())
+    assert (refused.value.args, refused.value.field) == (before.value.args, before.value.field)
 
 
 def test_timestamps_read_alike_in_any_session_time_zone(env: Env) -> None:
+    postgres_only(env)
     # json_agg writes timestamps with the session's offset; the values must still be the same instants.
     person_id = a_person_with_everything(env)
-    with env.broker.uow(write=False, core=True) as uow:
+    with env.broker.uow(write=False) as uow:  # on an ORM session, which can run a SET
         uow.session.execute(text("SET LOCAL TIME ZONE 'Europe/Helsinki'"))
         _, mandates, _, rows = read_facts_and_records(uow, person_id, CATEGORY)
-        expected = disclosures._RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": person_id, "category": CATEGORY})
+        expected = _RECORDS_TO_DISCLOSE.rows(uow.session, {"person_id": person_id, "category": CATEGORY})
     assert [row.deposited_at for row in rows] == [row.deposited_at for row in expected]
     assert all(m.valid_from.utcoffset() is not None for m in mandates)
 
@@ -142,6 +181,7 @@ def stored(env: Env, disclosure_id: str) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("with_actor", [True, False])
 def test_the_one_statement_write_stores_what_the_separate_inserts_store(env: Env, with_actor: bool) -> None:
+    postgres_only(env)
     person_id = a_person_with_everything(env)
     who = caller(env.broker, "varha-health")
     now = datetime(2026, 11, 27, 10, 0, 0, 500_000, tzinfo=UTC)
