@@ -22,8 +22,11 @@ from broker.http.api import current_broker, current_caller, views
 from broker.oauth import require_scope
 from broker.services import disclosures
 from schemas import api as s
-from schemas.records.examples import EXAMPLES
+from tests.integration.test_api_disclosures import consent_to_health, deposit
 from tests.support import Env
+
+# The request bodies and answers the unit tests compare the fast path on.
+from tests.unit.test_disclosure_fast_path import EXCEPTION, GOOD, answer, basis, record
 
 # Headers that differ from one request to the next whatever answers it.
 VARYING = {"X-Request-Id", "RateLimit"}
@@ -83,48 +86,6 @@ def without_request_id(response: TestResponse) -> Any:
     problem = response.get_json()
     assert problem.pop("request_id")
     return problem
-
-
-P = "per_0123456789abcdef0123456789abcdef"
-GOOD = {"person_id": P, "category": "work_assessment", "purpose": "work_capacity_assessment"}
-EXCEPTION = {"ground": "vital_interest", "justification": "the person is unconscious and needs care now"}
-
-
-def basis(**changes: Any) -> dict[str, Any]:
-    return {
-        "kind": "consent",
-        "rule": "F7",
-        "reference": "703/2023 53 § 3 mom.",
-        "lawful_basis": "GDPR 6(1)(e), 9(2)(h)",
-        "consent_id": "con_0a6123c75058f4d4f5a8b0f9871f212d",
-        "consent_version": 1,
-        "exception_ground": None,
-    } | changes
-
-
-def record(number: int, **changes: Any) -> dict[str, Any]:
-    return {
-        "record_id": f"rec_{number:032x}",
-        "category": "work_assessment",
-        "source_organisation": "kisalli",
-        "deposited_at": "2026-01-15T09:00:00Z",
-        "basis": basis(),
-        "content": EXAMPLES["work_assessment"],
-    } | changes
-
-
-def answer(**changes: Any) -> dict[str, Any]:
-    return {
-        "disclosure_id": "dis_0428c49eaee4c3d4ecdb7803a340f2b3",
-        "person_id": P,
-        "category": "work_assessment",
-        "purpose": "work_capacity_assessment",
-        "basis": basis(),
-        "obligations": [],
-        "policy_version": "2026.1",
-        "audit_entry_id": 42,
-        "records": [record(1)],
-    } | changes
 
 
 ANSWERS = {
@@ -258,22 +219,9 @@ def test_an_idempotent_answer_is_stored_and_replayed_as_before(env: Env, both: A
 def permitted_person(env: Env) -> str:
     person_id = env.person()
     env.serve(person_id, "kisalli", "varha-health")
-    consent = env.post(
-        "kisalli",
-        "/consents",
-        {
-            "person_id": person_id,
-            "recipients": ["varha-health"],
-            "categories": ["work_assessment"],
-            "purposes": ["work_capacity_assessment"],
-            "method": "in_person",
-            "witness": "Pekka Salo",
-        },
-    )
-    assert consent.status_code == 201, consent.get_json()
+    consent_to_health(env, person_id)
     for _ in range(2):
-        deposit = {"person_id": person_id, "category": "work_assessment", "content": EXAMPLES["work_assessment"]}
-        assert env.post("kisalli", "/records", deposit).status_code == 201
+        deposit(env, "kisalli", person_id, "work_assessment")
     return person_id
 
 
