@@ -17,9 +17,9 @@ still 15–25 µs of Python and SQLite work; the snapshot read of a disclosure t
   data-modifying common table expressions, the entry's append id handed to the other two by its RETURNING
   (PostgreSQL manual, 7.8.4 "Data-Modifying Statements in WITH"). SQLite has no data-modifying CTEs.
 
-What comes back is converted to exactly what the statement-per-table reads give (`disclosures.read_facts`,
-`_RECORDS_TO_DISCLOSE`): tests/integration/test_disclosure_statements.py compares the two on varied persons, on
-both databases.
+What comes back is converted to exactly what the statement-per-table reads give (`disclosures.read_facts`, and a
+query of the records ordered by deposit time): tests/integration/test_disclosure_statements.py compares the two on
+varied persons, on both databases.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ _ACTORS = AuditActorRow.__table__
 _DISCLOSURES = DisclosureRow.__table__
 
 MANDATE_COLUMNS = ("mandate", "valid_from", "valid_until")
-# The columns `_RECORDS_TO_DISCLOSE` (services/disclosures.py) selects, and `open_record` reads.
+# What a disclosure reads of a record: where it came from, when, and what `open_record` needs to decrypt it.
 RECORD_COLUMNS = (
     "id",
     "person_id",
@@ -181,8 +181,8 @@ def _converted(row: Any, *, sort: bool) -> tuple[tuple[ConsentFact, ...], list[A
         MandateRead(mandate, _when(valid_from), _when(valid_until))
         for mandate, valid_from, valid_until in row.mandates or ()
     ]
-    # Oldest first, as the records are disclosed. PostgreSQL's aggregate orders them; SQLite's cannot (`sort`), and
-    # its stored text of a time sorts as the time does (fixed width, UTC), as in `_RECORDS_TO_DISCLOSE`'s ORDER BY.
+    # Oldest first (then by id), as the records are disclosed. PostgreSQL's aggregate orders them; SQLite's cannot
+    # (`sort`), and its stored text of a time sorts as the time does (fixed width, UTC), as an ORDER BY would.
     found = row.records or ()
     ordered = sorted(found, key=lambda values: (values[4], values[0])) if sort else found
     return consents, mandates, frozenset(row.relationships or ()), [_record(values) for values in ordered]
