@@ -126,9 +126,9 @@ def _ping_idle_connections(engine: Engine) -> None:
     Not every checkout, as `pool_pre_ping` would: under load the ping was a round trip to the server on each of a
     disclosure's two checkouts, about a fifth of the broker's and the server's CPU per disclosure
     (docs/benchmarks.md). A connection in use within the last second is as good as pinged; one that broke since is
-    found by its next statement, whose error invalidates it and every connection of the pool older than it
-    (`_driver_error`; SQLAlchemy's pool invalidation), answers 503 with Retry-After, and the next request gets a
-    new connection."""
+    found by its next statement, whose error invalidates it (`_driver_error`) and answers 503 with Retry-After; the
+    next request gets a new connection, or another pooled one, which is pinged if it lay idle or else found out by
+    its own next statement. A failed ping invalidates every connection of the pool older than the one pinged."""
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
