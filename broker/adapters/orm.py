@@ -338,10 +338,16 @@ def _create_audit_queue_trigger(_table: Any, connection: Any, **_: Any) -> None:
         connection.exec_driver_sql(statement)
 
 
-# The triggers that count changes to a person's facts in persons.facts_version, on SQLite (the only database that
-# keeps it). One per table and operation; an update counts for the old and the new person. Alembic's batch mode on
-# SQLite drops a table's triggers when it recreates the table: a migration that alters one of these tables must
-# create its triggers again (tests/integration/test_migrations.py checks that they exist).
+# The triggers that count changes to a person's facts in persons.facts_version, per dialect: a disclosure decides on
+# a snapshot and records its decision only if the version it read is still the person's (services/disclosures.py).
+# An update counts for the old and the new person. On SQLite one trigger per table and operation, counting once per
+# row changed. On PostgreSQL one per table and operation too, run once per statement over its rows (transition
+# tables, as the audit queue's), counting once per person a statement changes — so that a bulk load or COPY bumps
+# each person once, in one set-based update; the functions keep the search path they were created with, so that
+# they update the persons beside their tables. A birth date counts too (a decision reads the person's age): on
+# PostgreSQL in the updated row itself, before it is written.
+# Alembic's batch mode on SQLite drops a table's triggers when it recreates the table: a migration that alters one
+# of these tables must create its triggers again (tests/integration/test_migrations.py checks that they exist).
 FACTS_TABLES = ("consents", "relationships", "representations", "records")
 
 
@@ -355,20 +361,56 @@ def _facts_version_triggers(table: str) -> tuple[str, ...]:
     )
 
 
-FACTS_VERSION_DDL: dict[str, tuple[str, ...]] = {
-    **{table: _facts_version_triggers(table) for table in FACTS_TABLES},
-    "persons": (
-        "CREATE TRIGGER persons_facts_birth_date AFTER UPDATE OF birth_date ON persons "
-        "BEGIN UPDATE persons SET facts_version = facts_version + 1 WHERE id = NEW.id; END",
-    ),
+def _postgres_facts_function(name: str, persons: str) -> str:
+    bump = "UPDATE persons SET facts_version = facts_version + 1 WHERE id IN"
+    return (
+        f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$ "
+        f"BEGIN {bump} ({persons}); RETURN NULL; END $$"
+    )
+
+
+def _postgres_facts_triggers(table: str) -> tuple[str, ...]:
+    each = "FOR EACH STATEMENT EXECUTE FUNCTION"
+    return (
+        f"CREATE TRIGGER {table}_facts_insert AFTER INSERT ON {table} REFERENCING NEW TABLE AS changed "
+        f"{each} persons_facts_inserted()",
+        f"CREATE TRIGGER {table}_facts_update AFTER UPDATE ON {table} REFERENCING OLD TABLE AS earlier NEW TABLE AS "
+        f"changed {each} persons_facts_updated()",
+        f"CREATE TRIGGER {table}_facts_delete AFTER DELETE ON {table} REFERENCING OLD TABLE AS changed "
+        f"{each} persons_facts_deleted()",
+    )
+
+
+FACTS_VERSION_DDL: dict[str, dict[str, tuple[str, ...]]] = {
+    "sqlite": {
+        **{table: _facts_version_triggers(table) for table in FACTS_TABLES},
+        "persons": (
+            "CREATE TRIGGER persons_facts_birth_date AFTER UPDATE OF birth_date ON persons "
+            "BEGIN UPDATE persons SET facts_version = facts_version + 1 WHERE id = NEW.id; END",
+        ),
+    },
+    "postgresql": {
+        # The functions first: persons is created before the tables that refer to it.
+        "persons": (
+            _postgres_facts_function("persons_facts_inserted", "SELECT person_id FROM changed"),
+            _postgres_facts_function(
+                "persons_facts_updated", "SELECT person_id FROM earlier UNION SELECT person_id FROM changed"
+            ),
+            _postgres_facts_function("persons_facts_deleted", "SELECT person_id FROM changed"),
+            "CREATE OR REPLACE FUNCTION persons_birth_date_counted() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN NEW.facts_version := OLD.facts_version + 1; RETURN NEW; END $$",
+            "CREATE TRIGGER persons_facts_birth_date BEFORE UPDATE OF birth_date ON persons FOR EACH ROW "
+            "EXECUTE FUNCTION persons_birth_date_counted()",
+        ),
+        **{table: _postgres_facts_triggers(table) for table in FACTS_TABLES},
+    },
 }
 
 
 def _create_facts_version_triggers(table: Any, connection: Any, **_: Any) -> None:
-    """`metadata.create_all` makes the triggers too (SQLite only); migrations make them themselves."""
-    if connection.dialect.name == "sqlite":
-        for statement in FACTS_VERSION_DDL[table.name]:
-            connection.exec_driver_sql(statement)
+    """`metadata.create_all` makes the triggers too; migrations make them themselves."""
+    for statement in FACTS_VERSION_DDL.get(connection.dialect.name, {}).get(table.name, ()):
+        connection.exec_driver_sql(statement)
 
 
 class AuditActorRow(Base):

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from types import TracebackType
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, SessionTransaction
@@ -32,13 +33,25 @@ _AMBIENT: ContextVar[UnitOfWork | None] = ContextVar("broker_ambient_unit_of_wor
 class FirstWrite:
     """Work for the first write transaction of a request (see the module's docstring). `done` turns true when a unit
     of work that did it has committed; until then every new write unit of work does it again, first thing (the
-    earlier one rolled it back with the rest of its work)."""
+    earlier one rolled it back with the rest of its work).
 
-    __slots__ = ("_apply", "done")
+    `jti` is the same work as one row for the `dpop_proof_jtis` table, for a use case that writes in a single
+    statement of its own and folds the insert into it (the PostgreSQL disclosure, services/disclosures.py); the
+    use case then sets `done` once that statement has committed, and raises `replayed()` when the row was there
+    already."""
 
-    def __init__(self, apply: Callable[[Session], None]) -> None:
+    __slots__ = ("_apply", "done", "jti", "replayed")
+
+    def __init__(
+        self,
+        apply: Callable[[Session], None],
+        jti: dict[str, Any] | None = None,
+        replayed: Callable[[], BaseException] | None = None,
+    ) -> None:
         self._apply = apply
         self.done = False
+        self.jti = jti if replayed is not None else None
+        self.replayed = replayed
 
     def apply(self, session: Session) -> None:
         self._apply(session)
@@ -48,16 +61,28 @@ _FIRST_WRITE: ContextVar[FirstWrite | None] = ContextVar("broker_first_write", d
 
 
 @contextlib.contextmanager
-def first_write(apply: Callable[[Session], None]) -> Iterator[FirstWrite]:
+def first_write(
+    apply: Callable[[Session], None],
+    *,
+    jti: dict[str, Any] | None = None,
+    replayed: Callable[[], BaseException] | None = None,
+) -> Iterator[FirstWrite]:
     """Inside this block, the first write unit of work on any database starts its transaction with `apply(session)`
     (an exception from it leaves the unit of work unentered and propagates to the use case's caller). After the
-    block, `done` says whether a committed transaction did it; if not, the caller must do it otherwise."""
-    pending = FirstWrite(apply)
+    block, `done` says whether a committed transaction did it; if not, the caller must do it otherwise. `jti` and
+    `replayed`: the same work in a form a single statement can fold in (`FirstWrite`)."""
+    pending = FirstWrite(apply, jti, replayed)
     token = _FIRST_WRITE.set(pending)
     try:
         yield pending
     finally:
         _FIRST_WRITE.reset(token)
+
+
+def pending_first_write() -> FirstWrite | None:
+    """The request's first-write work not yet done by a committed transaction, if there is any."""
+    pending = _FIRST_WRITE.get()
+    return None if pending is None or pending.done else pending
 
 
 class UnitOfWork:
@@ -185,18 +210,31 @@ class CoreUnitOfWork(UnitOfWork):
     on it unchanged; SQLAlchemy statements (`session.execute`) and ORM calls are not available, and after `commit`
     no statement is (a unit of work is one transaction)."""
 
+    def __init__(
+        self, db: Database, *, write: bool = True, decision_lock: bool = True, autocommit: bool = False
+    ) -> None:
+        if autocommit and write:
+            # No transaction, so no write lock on SQLite, nor the request's first write: a write there is one
+            # statement that folds in what it needs (`FirstWrite.jti`).
+            raise ValueError("an autocommit unit of work is opened with write=False")
+        super().__init__(db, write=write, decision_lock=decision_lock)
+        self._autocommit = autocommit
+
     def __enter__(self) -> CoreUnitOfWork:
         self._first = None
         self._committed = False
         db = self._db
-        connection = PooledConnection(db.engine)  # checked out before the lock is taken
+        # Checked out before the lock is taken. `autocommit`: each statement a transaction of its own, for a use case
+        # whose reads are each one statement and that writes, if at all, in one statement (the PostgreSQL
+        # disclosure, services/disclosures.py); SQLite's driver is in autocommit mode already until `begin`.
+        connection = PooledConnection(db.engine, autocommit=self._autocommit)
         lock = contextlib.ExitStack()
         try:
             if db.sqlite:
                 if self._write:
                     lock.enter_context(db.write_lock.hold())
                     connection.begin("IMMEDIATE")
-                else:
+                elif not self._autocommit:
                     connection.begin("DEFERRED")  # a read: one snapshot for all its statements, no lock
             # PostgreSQL: psycopg begins the transaction with the first statement (PooledConnection).
         except BaseException:

@@ -34,13 +34,14 @@ from broker.oauth.errors import (
     TokenEndpointError,
 )
 from broker.oauth.metadata import JWKS_PATH, METADATA_PATH, REVOCATION_PATH, TOKEN_PATH, server_metadata
-from broker.oauth.protector import check_request, proof_jti_writer, use_proof
+from broker.oauth.protector import check_request, proof_jti_writer, proof_replayed, use_proof
 from broker.oauth.tokens import (
     ClientCredentials,
     TokenIssuedHook,
     dpop_nonces,
     issue_access_token,
     no_op_hook,
+    proof_jti_row,
     revoke_access_token,
 )
 
@@ -255,7 +256,7 @@ def _view_using_proof(broker: Broker, proof: DpopProof, view: Callable[[], Any])
     uses it in a transaction of its own before its answer leaves; a replay detected either way answers 401 instead
     of whatever the view made."""
     failure: BaseException | None = None
-    with first_write(proof_jti_writer(proof)) as pending:
+    with first_write(proof_jti_writer(proof), jti=proof_jti_row(proof), replayed=proof_replayed) as pending:
         try:
             result = view()
         except ResourceDpopProofError as error:

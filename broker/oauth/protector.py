@@ -37,7 +37,7 @@ from broker.oauth.errors import (
     ResourceDpopNonceError,
     ResourceDpopProofError,
 )
-from broker.oauth.tokens import TOKEN_PATTERN, consume_proof_jti, dpop_nonces, hash_token
+from broker.oauth.tokens import PROOF_REPLAYED, TOKEN_PATTERN, consume_proof_jti, dpop_nonces, hash_token
 
 _TOKENS = AccessTokenRow.__table__
 _PARTNERS = PartnerRow.__table__
@@ -160,6 +160,11 @@ def proof_jti_writer(proof: DpopProof) -> Callable[[Session], None]:
             raise ResourceDpopProofError(error.description, dpop_algs=DPOP_SIGNING_ALGORITHMS) from error
 
     return write
+
+
+def proof_replayed() -> ResourceDpopProofError:
+    """The refusal of a request whose proof's `jti` was used already (what `proof_jti_writer`'s insert raises)."""
+    return ResourceDpopProofError(PROOF_REPLAYED, dpop_algs=DPOP_SIGNING_ALGORITHMS)
 
 
 def use_proof(broker: Broker, proof: DpopProof) -> None:

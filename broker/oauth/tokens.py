@@ -185,9 +185,17 @@ def consume_proof_jti(session: Session | Connection, proof: DpopProof) -> None:
     """Use a DPoP proof once (RFC 9449 §11.1): one INSERT against the (jkt, jti) primary key, never check-then-set,
     as for assertion ids. The row is kept until the proof's `iat` has left the accepted window."""
     try:
-        _INSERT_PROOF_JTI.execute(session, {"jkt": proof.jkt, "jti": proof.jti, "expires_at": proof.expires_at})
+        _INSERT_PROOF_JTI.execute(session, proof_jti_row(proof))
     except IntegrityError as error:
-        raise DpopProofError("This DPoP proof has already been used ('jti' replay); sign a new one.") from error
+        raise DpopProofError(PROOF_REPLAYED) from error
+
+
+PROOF_REPLAYED = "This DPoP proof has already been used ('jti' replay); sign a new one."
+
+
+def proof_jti_row(proof: DpopProof) -> dict[str, Any]:
+    """The `dpop_proof_jtis` row that uses `proof` (`consume_proof_jti` inserts it)."""
+    return {"jkt": proof.jkt, "jti": proof.jti, "expires_at": proof.expires_at}
 
 
 def dpop_nonces(broker: Broker) -> DpopNonces | None:

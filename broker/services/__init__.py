@@ -28,14 +28,17 @@ class Broker:
     # Small per-process caches that belong to this broker (e.g. when the log was last anchored, sequencer.py).
     runtime: dict[str, Any] = field(default_factory=dict)
 
-    def uow(self, *, write: bool = True, core: bool = False) -> UnitOfWork:
+    def uow(self, *, write: bool = True, core: bool = False, autocommit: bool = False) -> UnitOfWork:
         """The use case's unit of work. `core`: on a Core connection (`CoreUnitOfWork`), for a use case that runs
-        only prebuilt `Prepared` statements."""
+        only prebuilt `Prepared` statements; `autocommit` (with `core`, not `write`): each statement a transaction
+        of its own."""
         # Inside an ambient unit of work (an Idempotency-Key request, broker/services/idempotency.py) the use
         # case joins it, so that its writes and the stored response commit together.
         joined = join_ambient(self.db)
         if joined is not None:
             return joined
+        if autocommit:
+            return CoreUnitOfWork(self.db, write=write, decision_lock=self.settings.decision_lock, autocommit=True)
         unit = CoreUnitOfWork if core else UnitOfWork
         return unit(self.db, write=write, decision_lock=self.settings.decision_lock)
 

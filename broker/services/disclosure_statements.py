@@ -25,10 +25,12 @@ varied persons, on both databases.
 from __future__ import annotations
 
 from collections import namedtuple
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Select, String, bindparam, func, insert, literal, select
+from sqlalchemy import JSON, Integer, Select, String, bindparam, func, insert, literal, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from broker.adapters.database import Prepared
@@ -37,6 +39,7 @@ from broker.adapters.orm import (
     AuditEntryRow,
     ConsentRow,
     DisclosureRow,
+    DpopProofJtiRow,
     PersonRow,
     RecordRow,
     RelationshipRow,
@@ -55,6 +58,7 @@ _RECORDS = RecordRow.__table__
 _ENTRIES = AuditEntryRow.__table__
 _ACTORS = AuditActorRow.__table__
 _DISCLOSURES = DisclosureRow.__table__
+_JTIS = DpopProofJtiRow.__table__
 
 MANDATE_COLUMNS = ("mandate", "valid_from", "valid_until")
 # What a disclosure reads of a record: where it came from, when, and what `open_record` needs to decrypt it.
@@ -95,9 +99,9 @@ def _json_list(table: Any, names: tuple[str, ...], *where: Any, sqlite: bool, or
     return select(aggregated).where(*where).scalar_subquery()
 
 
-def _facts_and_records(*, sqlite: bool) -> Select[Any]:
-    """On SQLite the person's birth date and facts version are read in the same statement; PostgreSQL reads them
-    with the row lock, in the statement before (the module's docstring)."""
+def _facts_and_records(*, sqlite: bool, person: bool) -> Select[Any]:
+    """`person`: the person's birth date and facts version in the same statement, for a read on a snapshot; without
+    it, for PostgreSQL's read after the person's row lock, which reads them (the module's docstring)."""
     relationships = func.json_group_array if sqlite else func.json_agg
     columns = [
         _json_list(_CONSENTS, CONSENT_FACT_COLUMNS, _CONSENTS.c.person_id == _PERSON, sqlite=sqlite).label("consents"),
@@ -116,12 +120,15 @@ def _facts_and_records(*, sqlite: bool) -> Select[Any]:
             order_by=(_RECORDS.c.deposited_at, _RECORDS.c.id),
         ).label("records"),
     ]
-    if not sqlite:
+    if not person:
         return select(*columns)
     return select(_PERSONS.c.birth_date, _PERSONS.c.facts_version, *columns).where(_PERSONS.c.id == _PERSON)
 
 
-_FACTS_AND_RECORDS = {sqlite: Prepared(_facts_and_records(sqlite=sqlite)) for sqlite in (False, True)}
+_FACTS_AND_RECORDS = Prepared(_facts_and_records(sqlite=False, person=False))
+_PERSON_FACTS_AND_RECORDS = {
+    sqlite: Prepared(_facts_and_records(sqlite=sqlite, person=True)) for sqlite in (False, True)
+}
 
 
 def _when(value: str | None) -> datetime | None:
@@ -159,7 +166,7 @@ def read_facts_and_records(
 ) -> tuple[tuple[ConsentFact, ...], list[Any], frozenset[str], list[Any]]:
     """PostgreSQL: the person's consent facts, mandate rows, active relationships' organisations, and the records of
     `category` (oldest first), in one statement in `uow`'s transaction. Take the person's row lock first."""
-    row = _FACTS_AND_RECORDS[False].first(uow.session, {"person_id": person_id, "category": category})
+    row = _FACTS_AND_RECORDS.first(uow.session, {"person_id": person_id, "category": category})
     assert row is not None  # a SELECT without FROM answers one row
     return _converted(row, sort=False)
 
@@ -167,12 +174,14 @@ def read_facts_and_records(
 def read_person_facts_and_records(
     uow: UnitOfWork, person_id: str, category: str
 ) -> tuple[date, int, tuple[ConsentFact, ...], list[Any], frozenset[str], list[Any]]:
-    """SQLite: the person's birth date and facts version, then what `read_facts_and_records` reads, in one statement
-    (in a snapshot: SQLite has no row locks). Raises UnknownPersonError as `lock_person_birth_date` does."""
-    row = _FACTS_AND_RECORDS[True].first(uow.session, {"person_id": person_id, "category": category})
+    """The person's birth date and facts version, then what `read_facts_and_records` reads, in one statement, for a
+    decision on a snapshot (no row lock: the decision is recorded only if the facts version is still the same).
+    Raises UnknownPersonError as `lock_person_birth_date` does."""
+    sqlite = not uow.postgres
+    row = _PERSON_FACTS_AND_RECORDS[sqlite].first(uow.session, {"person_id": person_id, "category": category})
     if row is None:
         raise UnknownPersonError(f"no person with id '{person_id}'", field="person_id")
-    return (row.birth_date, row.facts_version, *_converted(row, sort=True))
+    return (row.birth_date, row.facts_version, *_converted(row, sort=sqlite))
 
 
 def _converted(row: Any, *, sort: bool) -> tuple[tuple[ConsentFact, ...], list[Any], frozenset[str], list[Any]]:
@@ -240,6 +249,84 @@ def _record_statement(*, with_actor: bool) -> Select[Any]:
 _RECORD = {with_actor: Prepared(_record_statement(with_actor=with_actor)) for with_actor in (False, True)}
 
 
+def _record_checked_statement(*, with_actor: bool, with_jti: bool, checked: bool) -> Select[Any]:
+    """`_record_statement`, written only if the person's facts version is still the one the decision read — the
+    person's row taken `FOR SHARE` — and, `with_jti`, only if the request's proof `jti` was not used before (its row
+    inserted, `ON CONFLICT DO NOTHING`). Answers whether the person's row was held at that version (`held`), whether
+    the `jti` was fresh (`fresh`) and the entry's append id (`id`, NULL when nothing was written). `checked` False:
+    the version is not compared, nor the row locked (the test-only switch, Settings.decision_lock)."""
+    person = select(_PERSONS.c.id).where(_PERSONS.c.id == bindparam("p_person_id", type_=String))
+    if checked:
+        person = person.where(_PERSONS.c.facts_version == bindparam("p_version", type_=Integer)).with_for_update(
+            read=True
+        )
+    held = person.cte("held")
+    source = held
+    ctes = []
+    if with_jti:
+        jti = (
+            postgresql.insert(_JTIS)
+            .from_select(
+                ["jkt", "jti", "expires_at"],
+                select(*_binds(_JTIS, "j_", ("jkt", "jti", "expires_at"))).select_from(held),
+            )
+            .on_conflict_do_nothing()
+            .returning(_JTIS.c.jti)
+            .cte("fresh")
+        )
+        source = jti
+    entry = (
+        insert(_ENTRIES)
+        .from_select(_ENTRY_COLUMNS, select(*_binds(_ENTRIES, "e_", _ENTRY_COLUMNS)).select_from(source))
+        .returning(_ENTRIES.c.id)
+        .cte("entry")
+    )
+    ctes.append(
+        insert(_DISCLOSURES)
+        .from_select(
+            [*_DISCLOSURE_COLUMNS, "audit_entry_id"],
+            select(*_binds(_DISCLOSURES, "d_", _DISCLOSURE_COLUMNS), entry.c.id),
+        )
+        .cte("disclosure")
+    )
+    if with_actor:
+        ctes.append(
+            insert(_ACTORS)
+            .from_select(
+                ["entry_id", "actor_id", "salt"],
+                select(entry.c.id, *_binds(_ACTORS, "a_", ("actor_id", "salt"))),
+            )
+            .cte("actor")
+        )
+    answers = [
+        select(func.count()).select_from(held).scalar_subquery().label("held"),
+        (select(func.count()).select_from(source).scalar_subquery() if with_jti else literal(1)).label("fresh"),
+        select(entry.c.id).scalar_subquery().label("id"),
+    ]
+    return select(*answers).add_cte(*ctes)
+
+
+_RECORD_CHECKED = {
+    (with_actor, with_jti, checked): Prepared(
+        _record_checked_statement(with_actor=with_actor, with_jti=with_jti, checked=checked)
+    )
+    for with_actor in (False, True)
+    for with_jti in (False, True)
+    for checked in (False, True)
+}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What `record_disclosure_if_unchanged` did: `index`, the entry's append id, when it wrote; otherwise `stale`
+    (the person's facts changed since they were read, or the person is gone) or `replayed` (the proof's `jti` was
+    used already)."""
+
+    index: int | None
+    stale: bool = False
+    replayed: bool = False
+
+
 def record_disclosure(
     uow: UnitOfWork, entry: tuple[dict[str, Any], tuple[str, str] | None], disclosure: dict[str, Any]
 ) -> int:
@@ -253,3 +340,39 @@ def record_disclosure(
     found = _RECORD[opening is not None].first(uow.session, params)
     assert found is not None
     return int(found.id)
+
+
+def record_disclosure_if_unchanged(
+    uow: UnitOfWork,
+    entry: tuple[dict[str, Any], tuple[str, str] | None],
+    disclosure: dict[str, Any],
+    *,
+    version: int,
+    jti: dict[str, Any] | None,
+) -> Recorded:
+    """PostgreSQL, in autocommit: `record_disclosure` in one statement that is also its own transaction, written only
+    if the person's facts version is still `version` and, with `jti` (a `dpop_proof_jtis` row), only if the proof
+    was not used before — the row inserted in the same statement (`_record_checked_statement`).
+
+    Why that is enough for invariant 3: a transaction that changes the person's facts updates the person's row (the
+    facts-version triggers) and holds it until it commits. Taking the row `FOR SHARE` waits for such a transaction;
+    under READ COMMITTED the row's newest version is then locked and the statement's condition checked again on it
+    (PostgreSQL manual, 13.2.1 "Read Committed Isolation Level"), so a change committed after the facts were read
+    — before this statement or while it waited — fails the version check and nothing is written; a change that
+    starts later waits for this statement's commit."""
+    row, opening = entry
+    params = {"e_" + name: row[name] for name in _ENTRY_COLUMNS}
+    params.update(("d_" + name, disclosure[name]) for name in _DISCLOSURE_COLUMNS)
+    params["p_person_id"], params["p_version"] = disclosure["person_id"], version
+    if opening is not None:
+        params["a_actor_id"], params["a_salt"] = opening
+    if jti is not None:
+        params.update(("j_" + name, value) for name, value in jti.items())
+    statement = _RECORD_CHECKED[opening is not None, jti is not None, uow.decision_lock]
+    found = statement.first(uow.session, params)
+    assert found is not None  # a SELECT without FROM answers one row
+    if not found.held:
+        return Recorded(None, stale=True)
+    if not found.fresh:
+        return Recorded(None, replayed=True)
+    return Recorded(int(found.id))

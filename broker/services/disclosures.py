@@ -24,7 +24,7 @@ from sqlalchemy import insert
 
 from broker.adapters.database import Prepared
 from broker.adapters.orm import DisclosureRow
-from broker.adapters.uow import UnitOfWork, join_ambient
+from broker.adapters.uow import UnitOfWork, join_ambient, pending_first_write
 from broker.domain.clock import utc
 from broker.domain.errors import (
     InvalidRequestError,
@@ -40,6 +40,7 @@ from broker.services.disclosure_statements import (
     read_facts_and_records,
     read_person_facts_and_records,
     record_disclosure,
+    record_disclosure_if_unchanged,
 )
 from broker.services.persons import (
     active_relationship_orgs,
@@ -166,19 +167,55 @@ class _Plan:
 
 def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[str, Any]:
     _validate(broker, ask)
-    if broker.db.sqlite and join_ambient(broker.db) is None:
-        # Plan on a snapshot without the write lock; record under it if the plan still holds (the module's doc).
-        with broker.uow(write=False, core=True) as uow:
-            require_anchored(broker, uow)
-            plan = _plan(broker, caller, ask, uow, broker.clock.now())
-        with broker.uow(core=True) as uow:
-            if not _still_holds(uow, ask, plan, broker.clock.now()):
-                plan = _plan(broker, caller, ask, uow, broker.clock.now())
-            return _record(uow, caller, ask, plan)
+    if join_ambient(broker.db) is None:
+        if broker.db.sqlite:
+            # Plan on a snapshot without the write lock; record under it if the plan still holds (the module's doc).
+            with broker.uow(write=False, core=True) as uow:
+                require_anchored(broker, uow)
+                plan = _plan(broker, caller, ask, uow, broker.clock.now(), snapshot=True)
+            with broker.uow(core=True) as uow:
+                if not _still_holds(uow, ask, plan, broker.clock.now()):
+                    plan = _plan(broker, caller, ask, uow, broker.clock.now())
+                return _record(uow, caller, ask, plan)
+        answer = _plan_and_record_in_two_statements(broker, caller, ask)
+        if answer is not None:
+            return answer
+    # Inside an ambient transaction (an Idempotency-Key request), or on PostgreSQL when the facts changed since the
+    # snapshot: decide and record in one transaction, under the person's row lock.
     with broker.uow(core=True) as uow:
         require_anchored(broker, uow)
         plan = _plan(broker, caller, ask, uow, broker.clock.now())
         return _record(uow, caller, ask, plan)
+
+
+def _plan_and_record_in_two_statements(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[str, Any] | None:
+    """PostgreSQL: plan on a snapshot — the person, facts and records read by one statement outside any transaction
+    — and record the plan by one statement that is its own transaction, written only if the person's facts version
+    is still the one read (`record_disclosure_if_unchanged`), with the request's proof `jti` used in it. None when
+    the plan no longer holds (the facts changed, or a validity period began or ended, or the date turned, since):
+    the caller then plans again under the row lock. Two statements to the server instead of six (the module's
+    doc; docs/benchmarks.md)."""
+    pending = pending_first_write()
+    if pending is not None and pending.jti is None:
+        return None  # work for the first write that one statement cannot fold in
+    with broker.uow(write=False, core=True, autocommit=True) as uow:
+        require_anchored(broker, uow)
+        plan = _plan(broker, caller, ask, uow, broker.clock.now(), snapshot=True)
+        if not plan.now <= broker.clock.now() < plan.read.valid_until:
+            return None
+        jti = pending.jti if pending is not None else None
+        recorded = record_disclosure_if_unchanged(
+            uow, plan.entry, _disclosure_row(caller, ask, plan), version=plan.read.version, jti=jti
+        )
+    if recorded.stale:
+        return None
+    if pending is not None:
+        if recorded.replayed:
+            assert pending.replayed is not None  # set with `jti`
+            raise pending.replayed()
+        pending.done = True
+    assert recorded.index is not None
+    return _answer(caller, ask, plan, recorded.index)
 
 
 def _still_holds(uow: UnitOfWork, ask: DisclosureAsk, plan: _Plan, now: datetime) -> bool:
@@ -187,10 +224,13 @@ def _still_holds(uow: UnitOfWork, ask: DisclosureAsk, plan: _Plan, now: datetime
     return facts_version(uow, ask.person_id) == plan.read.version and plan.now <= now < plan.read.valid_until
 
 
-def _plan(broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, now: datetime) -> _Plan:
+def _plan(
+    broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, now: datetime, *, snapshot: bool = False
+) -> _Plan:
     """Read the facts and the records, decide for each source, open and project what is permitted, and build the
-    audit entry. Writes nothing."""
-    read, records = _read_in_one(uow, ask, now)
+    audit entry. Writes nothing. `snapshot`: read without the person's row lock, for a plan recorded only if the
+    person's facts version is still the one read."""
+    read, records = _read_in_one(uow, ask, now, snapshot=snapshot)
     decisions: dict[str, Decision] = {}
     for source in sorted({r.source_org for r in records}):
         request = _request(caller, ask, source, organisation_type(broker, uow, source))
@@ -245,10 +285,10 @@ def _plan(broker: Broker, caller: Caller, ask: DisclosureAsk, uow: UnitOfWork, n
     return _Plan(now, read, disclosure_id, "permit", primary, disclosed, entry, basis, fields, payload_sha256)
 
 
-def _read_in_one(uow: UnitOfWork, ask: DisclosureAsk, now: datetime) -> tuple[FactsRead, list[Any]]:
+def _read_in_one(uow: UnitOfWork, ask: DisclosureAsk, now: datetime, *, snapshot: bool) -> tuple[FactsRead, list[Any]]:
     """`read_facts` and the records of the asked category in fewer statements (services/disclosure_statements.py):
-    on PostgreSQL the person's row lock, then everything else; on SQLite one."""
-    if uow.postgres:
+    on PostgreSQL, unless on a snapshot, the person's row lock, then everything else; otherwise one."""
+    if uow.postgres and not snapshot:
         born, version = lock_person_birth_date(uow, ask.person_id, exclusive=False)
         consents, mandates, relationships, records = read_facts_and_records(uow, ask.person_id, ask.category)
     else:
@@ -276,9 +316,19 @@ def disclosed_item(
 
 def _record(uow: UnitOfWork, caller: Caller, ask: DisclosureAsk, plan: _Plan) -> dict[str, Any]:
     """Append the plan's audit entry and store the disclosure, commit, and answer (or, for a denial, raise)."""
-    decision, disclosed = plan.decision, plan.disclosed
-    record_ids = [r["record_id"] for r in disclosed]
-    row = {
+    row = _disclosure_row(caller, ask, plan)
+    if uow.postgres:
+        index = record_disclosure(uow, plan.entry, row)  # one statement (services/disclosure_statements.py)
+    else:
+        index = append_pending(uow, plan.entry)
+        _INSERT_DISCLOSURE.execute(uow.session, {**row, "audit_entry_id": index})
+    uow.commit()
+    return _answer(caller, ask, plan, index)
+
+
+def _disclosure_row(caller: Caller, ask: DisclosureAsk, plan: _Plan) -> dict[str, Any]:
+    """The disclosure's row, but for its audit entry's append id."""
+    return {
         "id": plan.disclosure_id,
         "person_id": ask.person_id,
         "kind": "request",
@@ -288,18 +338,17 @@ def _record(uow: UnitOfWork, caller: Caller, ask: DisclosureAsk, plan: _Plan) ->
         "purpose": ask.purpose,
         "effect": plan.effect,
         "basis": plan.basis,
-        "record_ids": record_ids,
+        "record_ids": [r["record_id"] for r in plan.disclosed],
         "fields": plan.fields,
         "payload_sha256": plan.payload_sha256,
-        "policy_version": decision.policy_version,
+        "policy_version": plan.decision.policy_version,
         "created_at": plan.now,
     }
-    if uow.postgres:
-        index = record_disclosure(uow, plan.entry, row)  # one statement (services/disclosure_statements.py)
-    else:
-        index = append_pending(uow, plan.entry)
-        _INSERT_DISCLOSURE.execute(uow.session, {**row, "audit_entry_id": index})
-    uow.commit()
+
+
+def _answer(caller: Caller, ask: DisclosureAsk, plan: _Plan, index: int) -> dict[str, Any]:
+    """The answer to a recorded plan, or, for a denial, the refusal."""
+    decision, disclosed = plan.decision, plan.disclosed
     if plan.effect == "deny":
         raise NoLegalBasisError(
             f"no statute or consent permits '{caller.org_type}' to receive '{ask.category}' for '{ask.purpose}'",

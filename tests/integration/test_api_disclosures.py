@@ -183,6 +183,7 @@ def test_nothing_is_disclosed_when_the_audit_entry_cannot_be_written(env: Env, m
 
     monkeypatch.setattr("broker.services.disclosures.append_pending", broken)
     monkeypatch.setattr("broker.services.disclosures.record_disclosure", broken)  # PostgreSQL's append
+    monkeypatch.setattr("broker.services.disclosures.record_disclosure_if_unchanged", broken)  # and its checked one
     response = ask(env, "varha-health", person_id, "work_assessment", "work_capacity_assessment")
     assert response.status_code == 500
     assert "records" not in response.get_data(as_text=True)

@@ -7,24 +7,28 @@ fsync per request."""
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, event, func, select, text
 
 from broker.adapters.orm import DisclosureRow, DpopProofJtiRow
 from tests.integration.test_api_disclosures import ask, consent_to_health, deposit
 from tests.support import Env
+
+_WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
 
 
 @contextlib.contextmanager
 def driver_commits(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     """Every commit of a transaction on `engine`'s driver connections inside the block, one entry each: on SQLite
     every COMMIT statement the driver runs (its trace callback, set at each checkout); on PostgreSQL every psycopg
-    `commit()` of a connection inside a transaction (one that is not does nothing)."""
+    `commit()` of a connection inside a transaction (one that is not does nothing), and every writing statement run
+    in autocommit mode."""
     commits: list[object] = []
     counting = True
     if engine.dialect.name == "sqlite":
@@ -43,14 +47,21 @@ def driver_commits(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[
             counting = False
             event.remove(engine, "checkout", on_checkout)
         return
-    commit = psycopg.Connection.commit
+    commit, execute = psycopg.Connection.commit, psycopg.Cursor.execute
 
     def counted(connection: psycopg.Connection[Any]) -> None:
         if counting and connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             commits.append(connection)
         commit(connection)
 
+    def executed(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        # A writing statement in autocommit mode is a transaction of its own, committed by the server.
+        if counting and cursor.connection.autocommit and _WRITES.search(str(query)):
+            commits.append(cursor.connection)
+        return execute(cursor, query, *args, **kwargs)
+
     monkeypatch.setattr(psycopg.Connection, "commit", counted)
+    monkeypatch.setattr(psycopg.Cursor, "execute", executed)
     try:
         yield commits
     finally:
@@ -78,3 +89,16 @@ def test_a_disclosure_commits_once_with_its_proof_its_audit_entry_and_its_record
     assert response.status_code == 200, response.get_json()
     assert len(commits) == 1
     assert (count(env, DpopProofJtiRow), count(env, DisclosureRow)) == (proofs + 1, disclosures + 1)
+    if env.broker.db.engine.dialect.name == "postgresql":
+        # Written by one transaction: the rows' xmin, the id of the transaction that inserted them, is one.
+        with env.broker.db.engine.connect() as connection:
+            writers = {
+                connection.execute(text(f"SELECT xmin::text FROM {table} ORDER BY {order} DESC LIMIT 1")).scalar()
+                for table, order in (
+                    ("dpop_proof_jtis", "expires_at"),
+                    ("audit_entries", "id"),
+                    ("audit_actors", "entry_id"),
+                    ("disclosures", "audit_entry_id"),
+                )
+            }
+        assert len(writers) == 1, writers

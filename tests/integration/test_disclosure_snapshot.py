@@ -1,7 +1,8 @@
-"""On SQLite a disclosure decides on a snapshot, without the write lock, and commits its plan under the lock only if
-planning again would give the same plan (services/disclosures.py): the person's facts version unchanged, and no
-validity period begun or ended, nor the date turned, since the decision. These tests make each kind of change
-happen exactly between the plan and the record, and check that the disclosure then plans again.
+"""A disclosure decides on a snapshot and records its plan only if planning again would give the same plan
+(services/disclosures.py): the person's facts version unchanged, and no validity period begun or ended, nor the date
+turned, since the decision — on SQLite checked under the write lock, on PostgreSQL by the one statement that records
+the plan (`record_disclosure_if_unchanged`). These tests make each kind of change happen exactly between the plan
+and the record, and check that the disclosure then plans again (on PostgreSQL under the person's row lock).
 
 The facts version is counted by triggers on every table a decision reads (broker/adapters/orm.py,
 FACTS_VERSION_DDL): every writer of those tables bumps it, whatever code path it takes."""
@@ -85,13 +86,10 @@ def plans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return made
 
 
-def test_every_writer_of_a_persons_facts_counts_a_change_on_sqlite_and_only_for_that_person(env: Env) -> None:
+def test_every_writer_of_a_persons_facts_counts_a_change_and_only_for_that_person(env: Env) -> None:
     broker, kisalli = env.broker, caller(env.broker, "kisalli")
     person_id, consent_id = a_disclosable_person(env)
     other, _ = a_disclosable_person(env)
-    if not broker.db.sqlite:
-        assert version(env, person_id) == 0  # PostgreSQL's disclosures hold the row lock instead
-        return
     steps: list[tuple[str, Callable[[], object]]] = [
         (
             "deposit",
@@ -117,15 +115,29 @@ def test_every_writer_of_a_persons_facts_counts_a_change_on_sqlite_and_only_for_
         connection.execute(text("UPDATE persons SET birth_date = '1990-01-01' WHERE id = :p"), {"p": person_id})
         deleted = connection.execute(text("DELETE FROM records WHERE person_id = :p"), {"p": person_id}).rowcount
     assert deleted == 2
-    assert version(env, person_id) == before + 1 + deleted  # one count per row changed
+    # SQLite's triggers count once per row changed, PostgreSQL's once per statement (over its transition table).
+    assert version(env, person_id) == before + 1 + (deleted if broker.db.sqlite else 1)
     assert version(env, other) == untouched
+
+
+def test_a_statement_that_changes_several_persons_facts_counts_for_each_of_them(env: Env) -> None:
+    first, _ = a_disclosable_person(env)
+    second, _ = a_disclosable_person(env)
+    third, _ = a_disclosable_person(env)
+    before = {p: version(env, p) for p in (first, second, third)}
+    with env.broker.db.engine.begin() as connection:
+        changed = connection.execute(
+            text("UPDATE consents SET status = status WHERE person_id IN (:a, :b)"), {"a": first, "b": second}
+        ).rowcount
+    assert changed == 2
+    assert version(env, first) > before[first]
+    assert version(env, second) > before[second]
+    assert version(env, third) == before[third]
 
 
 def test_a_withdrawal_between_the_plan_and_the_record_turns_the_permit_into_a_refusal(
     env: Env, between: Callable[[Callable[[], None]], None], plans: list[int]
 ) -> None:
-    if not env.broker.db.sqlite:
-        pytest.skip("on PostgreSQL the plan is made under the person's row lock, which the withdrawal waits for")
     person_id, consent_id = a_disclosable_person(env)
     between(lambda: consents.withdraw_consent(env.broker, caller(env.broker, "kisalli"), consent_id))
     with pytest.raises(NoLegalBasisError):
@@ -148,10 +160,6 @@ def test_a_consent_that_ends_between_the_plan_and_the_record_is_not_disclosed_un
 ) -> None:
     person_id, _ = a_disclosable_person(env, valid_until=env.clock.now() + timedelta(seconds=1))
     between(lambda: env.clock.advance(seconds=2))
-    if not env.broker.db.sqlite:
-        # One transaction: decided while the consent was valid, recorded as of that moment.
-        assert disclose(env, person_id)["records"]
-        return
     with pytest.raises(NoLegalBasisError):
         disclose(env, person_id)
     assert len(plans) == 2
@@ -169,4 +177,4 @@ def test_time_that_changes_nothing_leaves_the_plan_standing_and_a_turn_of_the_da
     env.clock.advance(seconds=(midnight - env.clock.now()).total_seconds() - 0.5)
     between(lambda: env.clock.advance(seconds=1))  # the person's age may have changed
     assert disclose(env, person_id)["records"]
-    assert len(plans) == (2 if env.broker.db.sqlite else 1)
+    assert len(plans) == 2

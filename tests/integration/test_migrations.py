@@ -4,6 +4,7 @@ two from drifting apart.)"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -121,21 +122,63 @@ def test_autogenerate_finds_no_difference_between_the_migrated_database_and_the_
         assert compare_metadata(context, Base.metadata) == []
 
 
-def test_on_sqlite_the_migrations_make_the_same_triggers_as_the_orm(empty_database: str, engine: Engine) -> None:
-    """The triggers are the schema too: the audit queue's, and those that count changes to a person's facts (which
-    a batch operation recreating a table would silently drop)."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("the facts-version triggers are SQLite's")
-    upgrade(empty_database)
+_SQLITE_TRIGGERS = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+# PostgreSQL: each trigger of the schema with its definition, and each function with its definition.
+_POSTGRES_TRIGGERS = (
+    "SELECT t.tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+    "WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal "
+    "UNION ALL SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p "
+    "WHERE p.pronamespace = current_schema()::regnamespace"
+)
+
+
+def _triggers(engine: Engine, schema: str) -> dict[str, str]:
+    """Each trigger's (and on PostgreSQL each function's) definition by name, the schema's name taken out."""
+    query = _SQLITE_TRIGGERS if engine.dialect.name == "sqlite" else _POSTGRES_TRIGGERS
     with engine.connect() as connection:
-        migrated = {row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))}
-    fresh = create_engine("sqlite://")
-    Base.metadata.create_all(fresh)
-    with fresh.connect() as connection:
-        created = {row[0] for row in connection.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'"))}
-    fresh.dispose()
+        found = connection.execute(text(query)).all()
+    return {
+        name: " ".join((definition.replace(schema, "<schema>") if schema else definition).split())
+        for name, definition in found
+    }
+
+
+@contextlib.contextmanager
+def _created_by_the_orm(empty_database: str, tmp_path: Path) -> Iterator[tuple[Engine, str]]:
+    """An engine on another empty database (SQLite) or schema (PostgreSQL) whose tables `create_all` made, and the
+    schema's name ("" on SQLite)."""
+    if empty_database.startswith("sqlite"):
+        fresh = create_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+        schema = ""
+    else:
+        assert POSTGRES_URL
+        schema = f"orm_{secrets.token_hex(4)}"
+        separator = "&" if "?" in POSTGRES_URL else "?"
+        fresh = create_engine(f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}")
+        with fresh.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        Base.metadata.create_all(fresh)
+        yield fresh, schema
+    finally:
+        if schema:
+            with fresh.begin() as connection:
+                connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        fresh.dispose()
+
+
+def test_the_migrations_make_the_same_triggers_and_functions_as_the_orm(
+    empty_database: str, engine: Engine, tmp_path: Path
+) -> None:
+    """The triggers are the schema too: the audit queue's, and those that count changes to a person's facts (which
+    a batch operation recreating a SQLite table would silently drop), with their functions on PostgreSQL."""
+    upgrade(empty_database)
+    with _created_by_the_orm(empty_database, tmp_path) as (fresh, schema):
+        created = _triggers(fresh, schema)
+    migrated = _triggers(engine, empty_database.rsplit("%3D", 1)[1] if schema else "")
     assert migrated == created
-    assert {f"{t}_facts_{op}" for t in FACTS_TABLES for op in ("insert", "update", "delete")} < migrated
+    assert {f"{t}_facts_{op}" for t in FACTS_TABLES for op in ("insert", "update", "delete")} < set(migrated)
+    assert {"audit_entries_queue", "persons_facts_birth_date"} < set(migrated)
 
 
 def test_the_database_records_the_head_revision(empty_database: str, engine: Engine) -> None:
