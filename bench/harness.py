@@ -276,6 +276,25 @@ def serve(command: list[str], env: dict[str, str], log: Path, ready_url: str) ->
                 process.wait()
 
 
+@contextlib.contextmanager
+def background(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A process beside the servers for the block (one that serves nothing: the audit sequencer run apart), its
+    output in `log`; stopped as `serve` stops the servers. It must still be running when the block ends."""
+    with log.open("ab") as handle:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            yield process
+            if process.poll() is not None:
+                raise BenchError(f"{' '.join(command)} exited with {process.returncode} during the run; see {log}")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def broker_command(port: int, workers: int = WORKERS, prefix: Sequence[str] = ()) -> list[str]:
     return [*prefix, *BROKER, "serve", "--port", str(port), "--workers", str(workers)]
 

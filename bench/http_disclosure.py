@@ -49,6 +49,7 @@ from typing import Any
 from bench.bare_insert import prepare_postgres
 from bench.harness import (
     ASK,
+    BROKER,
     PARTNER,
     WORKERS,
     BenchError,
@@ -56,6 +57,7 @@ from bench.harness import (
     Load,
     Partner,
     audit_mark,
+    background,
     bare_command,
     broker_command,
     broker_env,
@@ -127,10 +129,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--checkpointing",
-        choices=("on", "off"),
+        choices=("on", "apart", "off"),
         default="on",
-        help="on: the audit sequencer integrates, signs and exports checkpoints while serving, as in production "
-        "(default); off: no sequencer in the server (and no anchoring gate), the entries are sequenced after the "
+        help="on: the audit sequencer integrates, signs and exports checkpoints while serving, as in production, "
+        "in a thread of one of the workers (default); apart: the same, in a process of its own beside the workers "
+        "(`broker audit sequence`, the workers with BROKER_AUDIT_SEQUENCER=off: docs/scaling.md), its CPU counted "
+        "with the servers'; off: no sequencer (and no anchoring gate), the entries are sequenced after the "
         "run — the baseline for issue #5's 'no more than 10 %% slower with checkpointing on'",
     )
     parser.add_argument(
@@ -267,7 +271,16 @@ def run_backend(
         prefix = taskset(server_cpus)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in LABELS}
         bare_log, broker_log = workdir / "bare.log", workdir / "broker.log"
+        sequencer: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if args.checkpointing == "apart":
+            serve_env |= {"BROKER_AUDIT_SEQUENCER": "off"}
+            sequencer = background(
+                [*prefix, *BROKER, "audit", "sequence"],
+                {**serve_env, "BROKER_AUDIT_SEQUENCER": "on"},
+                workdir / "sequencer.log",
+            )
         with (
+            sequencer,
             serve(broker_command(port, prefix=prefix), serve_env, broker_log, f"{base_url}/healthz"),
             serve(bare_command(bare_port, prefix=prefix), {**env, **bare_env}, bare_log, f"{bare_url}/healthz"),
         ):

@@ -2,8 +2,10 @@
 
 Every statement sent to PostgreSQL costs the broker 50–100 µs of CPU in psycopg and the server about as much again,
 and on a machine where the two share cores that, not the disk, bounds the disclosure rate (docs/benchmarks.md).
-A disclosure used to send twelve; now seven. On SQLite a statement is a function call rather than a round trip, but
-still 15–25 µs of Python and SQLite work; the snapshot read of a disclosure takes one instead of five.
+A disclosure used to send twelve; under the person's row lock it now sends seven, on a snapshot three (the token,
+`read_person_facts_and_records`, `record_disclosure_if_unchanged`). On SQLite a statement is a function call rather
+than a round trip, but still 15–25 µs of Python and SQLite work; the snapshot read of a disclosure takes one
+instead of five.
 
 - The person's consents, mandates and service relationships, and the records of the asked category, are read in
   one statement: one JSON aggregate per table, each a list of arrays in a fixed column order. On PostgreSQL the
@@ -15,7 +17,10 @@ still 15–25 µs of Python and SQLite work; the snapshot read of a disclosure t
   person's row is read in the same statement.
 - On PostgreSQL the audit entry, its actor opening and the disclosure row are written in one statement:
   data-modifying common table expressions, the entry's append id handed to the other two by its RETURNING
-  (PostgreSQL manual, 7.8.4 "Data-Modifying Statements in WITH"). SQLite has no data-modifying CTEs.
+  (PostgreSQL manual, 7.8.4 "Data-Modifying Statements in WITH"). SQLite has no data-modifying CTEs. A plan made
+  on a snapshot is written by the same statement grown by two CTEs in front — the person's row at the version
+  read, and the proof's `jti` — from which the inserts take their one row, so that nothing is written unless both
+  hold; in autocommit, the statement is the transaction.
 
 What comes back is converted to exactly what the statement-per-table reads give (`disclosures.read_facts`, and a
 query of the records ordered by deposit time): tests/integration/test_disclosure_statements.py compares the two on

@@ -11,7 +11,16 @@ person's facts are unchanged since the snapshot (`PersonRow.facts_version`, coun
 decision reads) and no validity period or birthday has turned since the decision; otherwise it plans again under
 the lock, as the whole transaction used to. A withdrawal that commits while a disclosure decides therefore still
 stops it (invariant 3), and the lock is held for the writes alone — about half the time (docs/benchmarks.md).
-On PostgreSQL the person's row lock does the same, and the plan is made and recorded in one transaction.
+
+On PostgreSQL the same plan is made on a snapshot too — the person, facts and records read by one statement
+outside any transaction — and recorded by one statement that is its own transaction: it takes the person's row
+`FOR SHARE`, writes only if the facts version is still the one read, and uses the request's DPoP proof `jti` in
+the same statement (disclosure_statements.py `record_disclosure_if_unchanged`, which says why that is enough for
+invariant 3). Three statements to the server per disclosure, the token's included, where a transaction took seven;
+every statement costs CPU on both sides, and on a machine where the two share cores that bounds the rate. A plan
+that no longer holds is made again in one transaction under the person's row lock (`FOR SHARE`, which a
+withdrawal's `FOR UPDATE` waits for), as is every disclosure inside an ambient transaction (an Idempotency-Key
+request, whose stored answer commits with it).
 """
 
 from __future__ import annotations
