@@ -179,7 +179,8 @@ def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> di
     if join_ambient(broker.db) is None:
         if broker.db.sqlite:
             # Plan on a snapshot without the write lock; record under it if the plan still holds (the module's doc).
-            with broker.uow(write=False, core=True) as uow:
+            # The snapshot is one statement's, so it needs no transaction around it.
+            with broker.uow(write=False, core=True, autocommit=True) as uow:
                 require_anchored(broker, uow)
                 plan = _plan(broker, caller, ask, uow, broker.clock.now(), snapshot=True)
             with broker.uow(core=True) as uow:
@@ -202,8 +203,8 @@ def _plan_and_record_in_two_statements(broker: Broker, caller: Caller, ask: Disc
     — and record the plan by one statement that is its own transaction, written only if the person's facts version
     is still the one read (`record_disclosure_if_unchanged`), with the request's proof `jti` used in it. None when
     the plan no longer holds (the facts changed, or a validity period began or ended, or the date turned, since):
-    the caller then plans again under the row lock. Two statements to the server instead of six (the module's
-    doc; docs/benchmarks.md)."""
+    the caller then plans again under the row lock. Two statements to the server, besides the token's, instead of
+    six (the module's doc; docs/benchmarks.md)."""
     pending = pending_first_write()
     if pending is not None and pending.jti is None:
         return None  # work for the first write that one statement cannot fold in

@@ -403,6 +403,41 @@ def test_a_single_prepared_read_runs_outside_a_transaction_and_leaves_the_connec
         db.dispose()
 
 
+def test_an_autocommit_unit_of_work_runs_each_statement_as_its_own_transaction_and_writes_nothing_else(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`CoreUnitOfWork(autocommit=True)`, for a use case whose reads are each one statement and that writes, if at
+    all, in one statement (the disclosure on a snapshot): no BEGIN, no transaction left open between statements, a
+    write committed by its statement alone, the request's first write not done (the statement folds it in), no
+    SQLite write lock taken, and the connection back in the pool as it was found. A write unit of work cannot be
+    one."""
+    db = Database(database_url, pool_size=1, max_overflow=0)
+    _META.create_all(db.engine)
+    watch = Watch(db, monkeypatch)
+    try:
+        with pytest.raises(ValueError, match="write=False"):
+            CoreUnitOfWork(db, write=True, autocommit=True)
+        with first_write(lambda session: _INSERT.execute(session, {"name": "first"})) as pending:
+            with CoreUnitOfWork(db, write=False, autocommit=True) as uow:
+                assert _ALL.rows(uow.session) == []
+                assert not in_transaction(driver_of(uow))
+                _INSERT.execute(uow.session, {"name": "one statement"})
+                assert not in_transaction(driver_of(uow))
+                assert lock_is_free(db)
+            assert not pending.done
+        assert watch.returns == [(False, False, False)]  # returned out of any transaction and of autocommit
+        assert names(db) == ["one statement"]
+        watch.clear()
+        with CoreUnitOfWork(db) as uow:  # the same pooled connection, transactions again
+            _INSERT.execute(uow.session, {"name": "not committed"})
+            assert in_transaction(driver_of(uow))
+        assert watch.returns == [(False, False, False)]
+        assert names(db) == ["one statement"]
+    finally:
+        _META.drop_all(db.engine)
+        db.dispose()
+
+
 def test_on_postgresql_a_connection_broken_while_idle_is_replaced_at_checkout_without_an_error(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
