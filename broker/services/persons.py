@@ -116,10 +116,12 @@ def find_person_by_hetu(broker: Broker, uow: UnitOfWork, hetu: str) -> str | Non
 
 
 def lock_person(uow: UnitOfWork, person_id: str, *, exclusive: bool) -> PersonRow:
-    """Load the person and, on PostgreSQL, lock the row: disclosures take it `FOR SHARE`, changes to consents
-    and relationships `FOR UPDATE`, so a withdrawal that has committed is seen by every disclosure that starts
-    after it, and no disclosure that read the consent as active commits after the withdrawal (invariant 3).
-    On SQLite every write transaction is serialised already."""
+    """Load the person and, on PostgreSQL, lock the row: disclosures take it `FOR SHARE`, every change to what a
+    decision reads (consents, mandates, relationships, records) `FOR UPDATE`, so a withdrawal that has committed is
+    seen by every disclosure that starts after it, and no disclosure that read the consent as active commits after
+    the withdrawal (invariant 3). Such a change also bumps the person's facts version, an update of the row (the
+    facts-version triggers): a transaction that took only `FOR SHARE` would then wait for any other holding it, and
+    two of them would deadlock. On SQLite every write transaction is serialised already."""
     stmt = select(PersonRow).where(PersonRow.id == person_id)
     if uow.postgres:
         stmt = stmt.with_for_update(read=not exclusive)

@@ -31,7 +31,8 @@ def deposit_record(broker: Broker, caller: Caller, person_id: str, category: str
         ) from None
     plaintext = json.dumps(loaded, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
     with broker.uow() as uow:
-        lock_person(uow, person_id, exclusive=False)
+        # Exclusive: a new record changes what a decision about the person reads (`lock_person`).
+        lock_person(uow, person_id, exclusive=True)
         now = broker.clock.now()
         record_id = new_id("rec")
         sealed = seal(plaintext, record_aad(record_id, person_id, category), broker.keys)

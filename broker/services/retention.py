@@ -14,9 +14,9 @@ entry — record id, category, rule and statute, never content — in the transa
 complete and verifiable: it never held content, and nothing in it changes.
 
 `run_retention` scans the live records a page at a time (read-only) and erases each page's due records in one
-transaction, which first locks the persons (`FOR SHARE`, as a disclosure does, so that no relationship can start
-or end under it) and the records (`FOR UPDATE`), and decides again on what it reads: a second run, or two runs at
-once, erase nothing twice.
+transaction, which first locks the persons (`FOR UPDATE`, as every change to what a decision reads does, so that
+no relationship can start or end under it and no disclosure records on the records' old state) and the records
+(`FOR UPDATE`), and decides again on what it reads: a second run, or two runs at once, erase nothing twice.
 """
 
 from __future__ import annotations
@@ -485,11 +485,10 @@ def _erase(
     with broker.uow() as uow:
         session = uow.session
         persons = sorted({row.person_id for row in due})
-        # FOR SHARE on the persons, as a disclosure takes it: a relationship starts or ends only under FOR UPDATE
-        # (broker.services.persons), so none changes before this commits. SQLite serialises writers already.
-        session.execute(
-            select(PersonRow.id).where(PersonRow.id.in_(persons)).order_by(PersonRow.id).with_for_update(read=True)
-        )
+        # FOR UPDATE on the persons, in id order, as every change to what a decision reads takes it
+        # (broker.services.persons `lock_person`): an erasure is one, and no relationship starts or ends, nor does a
+        # disclosure record, before this commits. SQLite serialises writers already.
+        session.execute(select(PersonRow.id).where(PersonRow.id.in_(persons)).order_by(PersonRow.id).with_for_update())
         rows = list(
             session.execute(
                 select(*_RECORD_COLUMNS)
