@@ -261,11 +261,11 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
 
 
 @contextlib.contextmanager
-def serve(command: list[str], env: dict[str, str], log: Path, ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+def _process(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`command` running for the block, its output in `log`; terminated at the end (killed if it will not stop)."""
     with log.open("ab") as handle:
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
         try:
-            wait_ready(ready_url, process, log)
             yield process
         finally:
             process.terminate()
@@ -277,22 +277,21 @@ def serve(command: list[str], env: dict[str, str], log: Path, ready_url: str) ->
 
 
 @contextlib.contextmanager
+def serve(command: list[str], env: dict[str, str], log: Path, ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A server for the block, once `ready_url` answers."""
+    with _process(command, env, log) as process:
+        wait_ready(ready_url, process, log)
+        yield process
+
+
+@contextlib.contextmanager
 def background(command: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A process beside the servers for the block (one that serves nothing: the audit sequencer run apart), its
-    output in `log`; stopped as `serve` stops the servers. It must still be running when the block ends."""
-    with log.open("ab") as handle:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
-        try:
-            yield process
-            if process.poll() is not None:
-                raise BenchError(f"{' '.join(command)} exited with {process.returncode} during the run; see {log}")
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    """A process beside the servers for the block (one that serves nothing: the audit sequencer run apart). It must
+    still be running when the block ends."""
+    with _process(command, env, log) as process:
+        yield process
+        if process.poll() is not None:
+            raise BenchError(f"{' '.join(command)} exited with {process.returncode} during the run; see {log}")
 
 
 def broker_command(port: int, workers: int = WORKERS, prefix: Sequence[str] = ()) -> list[str]:

@@ -230,15 +230,19 @@ def _record_statement(*, with_actor: bool) -> Select[Any]:
         .returning(_ENTRIES.c.id)
         .cte("entry")
     )
-    disclosure = (
+    return select(entry.c.id).add_cte(*_after_the_entry(entry, with_actor=with_actor))
+
+
+def _after_the_entry(entry: Any, *, with_actor: bool) -> list[Any]:
+    """The inserts that take the entry's append id from its RETURNING: the disclosure row, and the actor opening."""
+    ctes = [
         insert(_DISCLOSURES)
         .from_select(
             [*_DISCLOSURE_COLUMNS, "audit_entry_id"],
             select(*_binds(_DISCLOSURES, "d_", _DISCLOSURE_COLUMNS), entry.c.id),
         )
         .cte("disclosure")
-    )
-    ctes = [disclosure]
+    ]
     if with_actor:
         ctes.append(
             insert(_ACTORS)
@@ -248,7 +252,7 @@ def _record_statement(*, with_actor: bool) -> Select[Any]:
             )
             .cte("actor")
         )
-    return select(entry.c.id).add_cte(*ctes)
+    return ctes
 
 
 _RECORD = {with_actor: Prepared(_record_statement(with_actor=with_actor)) for with_actor in (False, True)}
@@ -267,7 +271,6 @@ def _record_checked_statement(*, with_actor: bool, with_jti: bool, checked: bool
         )
     held = person.cte("held")
     source = held
-    ctes = []
     if with_jti:
         jti = (
             postgresql.insert(_JTIS)
@@ -286,29 +289,12 @@ def _record_checked_statement(*, with_actor: bool, with_jti: bool, checked: bool
         .returning(_ENTRIES.c.id)
         .cte("entry")
     )
-    ctes.append(
-        insert(_DISCLOSURES)
-        .from_select(
-            [*_DISCLOSURE_COLUMNS, "audit_entry_id"],
-            select(*_binds(_DISCLOSURES, "d_", _DISCLOSURE_COLUMNS), entry.c.id),
-        )
-        .cte("disclosure")
-    )
-    if with_actor:
-        ctes.append(
-            insert(_ACTORS)
-            .from_select(
-                ["entry_id", "actor_id", "salt"],
-                select(entry.c.id, *_binds(_ACTORS, "a_", ("actor_id", "salt"))),
-            )
-            .cte("actor")
-        )
     answers = [
         select(func.count()).select_from(held).scalar_subquery().label("held"),
         (select(func.count()).select_from(source).scalar_subquery() if with_jti else literal(1)).label("fresh"),
         select(entry.c.id).scalar_subquery().label("id"),
     ]
-    return select(*answers).add_cte(*ctes)
+    return select(*answers).add_cte(*_after_the_entry(entry, with_actor=with_actor))
 
 
 _RECORD_CHECKED = {
