@@ -372,70 +372,70 @@ def test_a_database_that_cannot_be_opened_fails_the_checkout_as_an_outage(databa
 # -- the single read of a request (the access token's) -------------------------------------------------------------
 
 
-def test_a_single_prepared_read_runs_outside_a_transaction_and_leaves_the_connection_as_it_found_it(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`Database.one_prepared`: the statement is a transaction of its own (PostgreSQL: psycopg's autocommit, no
-    BEGIN and ROLLBACK round trips), and the connection goes back out of autocommit — the next unit of work on it
-    (a pool of one) still rolls back what it does not commit."""
+@pytest.fixture
+def pool_of_one(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Database, Watch]]:
+    """A database whose pool holds one connection, so that every unit of work reuses it, and its watch."""
     db = Database(database_url, pool_size=1, max_overflow=0)
     _META.create_all(db.engine)
-    watch = Watch(db, monkeypatch)
     try:
-        with CoreUnitOfWork(db) as uow:
-            _INSERT.execute(uow.session, {"name": "kept"})
-            uow.commit()
-        with db.one_prepared() as connection:
-            assert [row.name for row in _ALL.rows(connection)] == ["kept"]
-            assert not in_transaction(connection.driver)
-        with pytest.raises(ResourceClosedError):
-            _ALL.rows(connection)
-        with CoreUnitOfWork(db) as uow:
-            _INSERT.execute(uow.session, {"name": "not committed"})
-            assert in_transaction(driver_of(uow))
-            if not db.sqlite:
-                # As through SQLAlchemy: the server's default level, which the broker's row locks are made for.
-                assert driver_of(uow).execute("SHOW transaction_isolation").fetchone()[0] == "read committed"
-        assert watch.returns == [(False, False, False)] * 3  # in a transaction, autocommit, the lock held
-        assert names(db) == ["kept"]
+        yield db, Watch(db, monkeypatch)
     finally:
         _META.drop_all(db.engine)
         db.dispose()
 
 
+def test_a_single_prepared_read_runs_outside_a_transaction_and_leaves_the_connection_as_it_found_it(
+    pool_of_one: tuple[Database, Watch],
+) -> None:
+    """`Database.one_prepared`: the statement is a transaction of its own (PostgreSQL: psycopg's autocommit, no
+    BEGIN and ROLLBACK round trips), and the connection goes back out of autocommit — the next unit of work on it
+    (a pool of one) still rolls back what it does not commit."""
+    db, watch = pool_of_one
+    with CoreUnitOfWork(db) as uow:
+        _INSERT.execute(uow.session, {"name": "kept"})
+        uow.commit()
+    with db.one_prepared() as connection:
+        assert [row.name for row in _ALL.rows(connection)] == ["kept"]
+        assert not in_transaction(connection.driver)
+    with pytest.raises(ResourceClosedError):
+        _ALL.rows(connection)
+    with CoreUnitOfWork(db) as uow:
+        _INSERT.execute(uow.session, {"name": "not committed"})
+        assert in_transaction(driver_of(uow))
+        if not db.sqlite:
+            # As through SQLAlchemy: the server's default level, which the broker's row locks are made for.
+            assert driver_of(uow).execute("SHOW transaction_isolation").fetchone()[0] == "read committed"
+    assert watch.returns == [(False, False, False)] * 3  # in a transaction, autocommit, the lock held
+    assert names(db) == ["kept"]
+
+
 def test_an_autocommit_unit_of_work_runs_each_statement_as_its_own_transaction_and_writes_nothing_else(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    pool_of_one: tuple[Database, Watch],
 ) -> None:
     """`CoreUnitOfWork(autocommit=True)`, for a use case whose reads are each one statement and that writes, if at
     all, in one statement (the disclosure on a snapshot): no BEGIN, no transaction left open between statements, a
     write committed by its statement alone, the request's first write not done (the statement folds it in), no
     SQLite write lock taken, and the connection back in the pool as it was found. A write unit of work cannot be
     one."""
-    db = Database(database_url, pool_size=1, max_overflow=0)
-    _META.create_all(db.engine)
-    watch = Watch(db, monkeypatch)
-    try:
-        with pytest.raises(ValueError, match="write=False"):
-            CoreUnitOfWork(db, write=True, autocommit=True)
-        with first_write(lambda session: _INSERT.execute(session, {"name": "first"})) as pending:
-            with CoreUnitOfWork(db, write=False, autocommit=True) as uow:
-                assert _ALL.rows(uow.session) == []
-                assert not in_transaction(driver_of(uow))
-                _INSERT.execute(uow.session, {"name": "one statement"})
-                assert not in_transaction(driver_of(uow))
-                assert lock_is_free(db)
-            assert not pending.done
-        assert watch.returns == [(False, False, False)]  # returned out of any transaction and of autocommit
-        assert names(db) == ["one statement"]
-        watch.clear()
-        with CoreUnitOfWork(db) as uow:  # the same pooled connection, transactions again
-            _INSERT.execute(uow.session, {"name": "not committed"})
-            assert in_transaction(driver_of(uow))
-        assert watch.returns == [(False, False, False)]
-        assert names(db) == ["one statement"]
-    finally:
-        _META.drop_all(db.engine)
-        db.dispose()
+    db, watch = pool_of_one
+    with pytest.raises(ValueError, match="write=False"):
+        CoreUnitOfWork(db, write=True, autocommit=True)
+    with first_write(lambda session: _INSERT.execute(session, {"name": "first"})) as pending:
+        with CoreUnitOfWork(db, write=False, autocommit=True) as uow:
+            assert _ALL.rows(uow.session) == []
+            assert not in_transaction(driver_of(uow))
+            _INSERT.execute(uow.session, {"name": "one statement"})
+            assert not in_transaction(driver_of(uow))
+            assert lock_is_free(db)
+        assert not pending.done
+    assert watch.returns == [(False, False, False)]  # returned out of any transaction and of autocommit
+    assert names(db) == ["one statement"]
+    watch.clear()
+    with CoreUnitOfWork(db) as uow:  # the same pooled connection, transactions again
+        _INSERT.execute(uow.session, {"name": "not committed"})
+        assert in_transaction(driver_of(uow))
+    assert watch.returns == [(False, False, False)]
+    assert names(db) == ["one statement"]
 
 
 def test_on_postgresql_a_connection_broken_while_idle_is_replaced_at_checkout_without_an_error(
