@@ -48,9 +48,11 @@ class FirstWrite:
         jti: dict[str, Any] | None = None,
         replayed: Callable[[], BaseException] | None = None,
     ) -> None:
+        if (jti is None) != (replayed is None):
+            raise ValueError("a first write's jti and its replay error go together")
         self._apply = apply
         self.done = False
-        self.jti = jti if replayed is not None else None
+        self.jti = jti
         self.replayed = replayed
 
     def apply(self, session: Session) -> None:

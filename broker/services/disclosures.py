@@ -173,6 +173,11 @@ class _Plan:
     fields: list[str] = field(default_factory=list)
     payload_sha256: str | None = None
 
+    def in_force(self, now: datetime) -> bool:
+        """Whether time alone leaves the plan as planning at `now` would make it: no validity period begun or
+        ended, nor the date turned, since it was made (its facts unchanged is for the caller to check)."""
+        return self.now <= now < self.read.valid_until
+
 
 def request_disclosure(broker: Broker, caller: Caller, ask: DisclosureAsk) -> dict[str, Any]:
     _validate(broker, ask)
@@ -211,7 +216,7 @@ def _plan_and_record_in_two_statements(broker: Broker, caller: Caller, ask: Disc
     with broker.uow(write=False, core=True, autocommit=True) as uow:
         require_anchored(broker, uow)
         plan = _plan(broker, caller, ask, uow, broker.clock.now(), snapshot=True)
-        if not plan.now <= broker.clock.now() < plan.read.valid_until:
+        if not plan.in_force(broker.clock.now()):
             return None
         jti = pending.jti if pending is not None else None
         recorded = record_disclosure_if_unchanged(
@@ -231,7 +236,7 @@ def _plan_and_record_in_two_statements(broker: Broker, caller: Caller, ask: Disc
 def _still_holds(uow: UnitOfWork, ask: DisclosureAsk, plan: _Plan, now: datetime) -> bool:
     """Whether a plan made on an earlier snapshot is what planning now would give: the person's facts and records
     unchanged since (their version) and no validity period begun or ended, nor the date turned, in between."""
-    return facts_version(uow, ask.person_id) == plan.read.version and plan.now <= now < plan.read.valid_until
+    return facts_version(uow, ask.person_id) == plan.read.version and plan.in_force(now)
 
 
 def _plan(
